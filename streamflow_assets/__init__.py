@@ -1,0 +1,1 @@
+"""StreamFlow's churn feature platform as a Dagster code location."""

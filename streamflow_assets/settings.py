@@ -1,0 +1,111 @@
+"""Project settings, read from the environment once and shared by Dagster, Feast, the API and tests.
+
+- STREAMFLOW_DATABASE_URL: PostgreSQL URL; unset starts an embedded PostgreSQL
+- STREAMFLOW_HOME (.streamflow): where the embedded PostgreSQL keeps its data
+- STREAMFLOW_DROPS_DIR (data/seeds): folder holding month_000, month_001, ...
+- STREAMFLOW_FIRST_MONTH (2024-01): the month that month_000 describes, YYYY-MM
+- STREAMFLOW_OUTPUT_DIR (data/processed): training CSVs and other outputs
+
+Relative paths are taken from the working directory.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+DATABASE_URL_VAR = "STREAMFLOW_DATABASE_URL"
+HOME_VAR = "STREAMFLOW_HOME"
+DROPS_DIR_VAR = "STREAMFLOW_DROPS_DIR"
+FIRST_MONTH_VAR = "STREAMFLOW_FIRST_MONTH"
+OUTPUT_DIR_VAR = "STREAMFLOW_OUTPUT_DIR"
+
+_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message names the variable to set."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: URL | None
+    """The external PostgreSQL, or None for the embedded one under `home`."""
+    home: Path
+    drops_dir: Path
+    first_month: date
+    """First day of the month that month_000 describes."""
+    output_dir: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def path(var: str, default: str) -> Path:
+            raw = env.get(var, "").strip() or default
+            return Path(raw).expanduser().absolute()
+
+        return cls(
+            database_url=parse_database_url(env.get(DATABASE_URL_VAR, "")),
+            home=path(HOME_VAR, ".streamflow"),
+            drops_dir=path(DROPS_DIR_VAR, "data/seeds"),
+            first_month=parse_month(env.get(FIRST_MONTH_VAR, "").strip() or "2024-01"),
+            output_dir=path(OUTPUT_DIR_VAR, "data/processed"),
+        )
+
+
+def parse_database_url(raw: str) -> URL | None:
+    """The SQLAlchemy URL (psycopg 3 driver) for a PostgreSQL URL; None for an empty value."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise SettingsError(
+            f"{DATABASE_URL_VAR} is not a URL: set it like "
+            "postgresql://user:password@host:5432/dbname, or unset it to use the embedded "
+            "PostgreSQL"
+        ) from None
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise SettingsError(
+            f"{DATABASE_URL_VAR} must be a postgresql:// URL, got a {url.get_backend_name()!r} "
+            "URL; unset it to use the embedded PostgreSQL"
+        )
+    if not url.database:
+        raise SettingsError(
+            f"{DATABASE_URL_VAR} names no database: add it after the host, "
+            "like postgresql://user@host:5432/streamflow"
+        )
+    return url.set(drivername="postgresql+psycopg")
+
+
+def parse_month(raw: str, var: str = FIRST_MONTH_VAR) -> date:
+    match = _MONTH_RE.match(raw)
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise SettingsError(f"{var} must be a month written YYYY-MM (like 2024-01), got {raw!r}")
+    return date(int(match.group(1)), int(match.group(2)), 1)
+
+
+def add_months(month: date, n: int) -> date:
+    """The first day of the month n months after `month`."""
+    index = month.year * 12 + month.month - 1 + n
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def month_end(month: date) -> date:
+    """The as_of of a month: its last day."""
+    return month.replace(day=calendar.monthrange(month.year, month.month)[1])
+
+
+def redacted(url: URL) -> str:
+    """A URL that is safe to print in an error or a log."""
+    return url.render_as_string(hide_password=True)

@@ -1,0 +1,218 @@
+"""The six source tables of a monthly drop, described once.
+
+Everything that needs to know a column — DDL, loading, validation, snapshots, Feast fields and
+the sample-drop generator — reads it from here. If a column changes, it changes in this file only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SqlType = Literal["TEXT", "DATE", "BOOLEAN", "INTEGER", "NUMERIC"]
+
+USER_ID_PATTERN = r"^[0-9]{4}-[A-Z]{5}$"
+"""A user_id looks like `7590-VHVEG`: four digits, a dash, five capitals."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql_type: SqlType
+    nullable: bool = False
+    allowed: tuple[str, ...] | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+    pattern: str | None = None
+    optional_in_file: bool = False
+    """The column may be missing from the CSV; it is then NULL for every row."""
+    null_exactly_when: tuple[str, str] | None = None
+    """(other column, value): this column is NULL exactly when the other column equals value."""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """A monthly snapshot of a live table: (user_id, as_of) plus the listed columns."""
+
+    name: str
+    columns: tuple[str, ...] | None = None
+    """The value columns kept; None keeps every column of the table."""
+    feature_view: str | None = None
+    """The Feast feature view built over this snapshot, if any (labels have none)."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    snapshot: SnapshotSpec | None = None
+    primary_key: tuple[str, ...] = ("user_id",)
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.csv"
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def required_file_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if not c.optional_in_file)
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"table {self.name} has no column {name!r}")
+
+    def snapshot_columns(self) -> tuple[Column, ...]:
+        """The snapshot's value columns (without user_id and as_of), in table order."""
+        if self.snapshot is None:
+            return ()
+        if self.snapshot.columns is None:
+            return tuple(c for c in self.columns if c.name not in self.primary_key)
+        return tuple(self.column(name) for name in self.snapshot.columns)
+
+
+def _user_id() -> Column:
+    return Column(
+        "user_id",
+        "TEXT",
+        pattern=USER_ID_PATTERN,
+        description="Subscriber id, unique within a file.",
+    )
+
+
+def _flag(name: str, **kwargs) -> Column:
+    return Column(name, "BOOLEAN", **kwargs)
+
+
+def _count(name: str, min_value: float = 0, **kwargs) -> Column:
+    return Column(name, "INTEGER", min_value=min_value, **kwargs)
+
+
+def _amount(name: str, min_value: float = 0, **kwargs) -> Column:
+    return Column(name, "NUMERIC", min_value=min_value, **kwargs)
+
+
+USERS = TableSpec(
+    name="users",
+    description="Who each subscriber is: signup date and household.",
+    columns=(
+        _user_id(),
+        Column("signup_date", "DATE", description="Day the subscription started."),
+        Column("user_gender", "TEXT", allowed=("Male", "Female")),
+        _flag("user_is_senior"),
+        _flag("has_family"),
+        _flag("has_dependents"),
+    ),
+)
+
+_NET_SERVICE_NO = ("net_service", "No")
+
+SUBSCRIPTIONS = TableSpec(
+    name="subscriptions",
+    description="The subscriber's plan, contract and billing.",
+    columns=(
+        _user_id(),
+        _count("months_active", max_value=72, description="Whole months subscribed."),
+        _flag(
+            "plan_stream_tv",
+            nullable=True,
+            null_exactly_when=_NET_SERVICE_NO,
+            description="Streams TV; NULL when the subscriber has no internet service.",
+        ),
+        _flag(
+            "plan_stream_movies",
+            nullable=True,
+            null_exactly_when=_NET_SERVICE_NO,
+            description="Streams movies; NULL when the subscriber has no internet service.",
+        ),
+        Column("contract_type", "TEXT", allowed=("Month-to-month", "One year", "Two year")),
+        _flag("paperless_billing"),
+        _amount("monthly_fee", min_value=18, max_value=119, description="Monthly fee in USD."),
+        _amount(
+            "total_paid",
+            nullable=True,
+            description="Paid to date in USD, about months_active x monthly_fee; "
+            "blank for brand-new subscribers in the real drops.",
+        ),
+        Column("net_service", "TEXT", allowed=("DSL", "Fiber optic", "No")),
+        _flag("add_on_security", nullable=True, optional_in_file=True),
+        _flag("add_on_backup", nullable=True, optional_in_file=True),
+        _flag("add_on_device_protect", nullable=True, optional_in_file=True),
+        _flag("add_on_support", nullable=True, optional_in_file=True),
+    ),
+    snapshot=SnapshotSpec(
+        "subscriptions_profile_snapshots",
+        columns=(
+            "months_active",
+            "monthly_fee",
+            "paperless_billing",
+            "plan_stream_tv",
+            "plan_stream_movies",
+            "net_service",
+        ),
+        feature_view="subs_profile_fv",
+    ),
+)
+
+USAGE_AGG_30D = TableSpec(
+    name="usage_agg_30d",
+    description="Viewing over the last 30 (or 7) days.",
+    columns=(
+        _user_id(),
+        _amount("watch_hours_30d"),
+        _amount("avg_session_mins_7d"),
+        _count("unique_devices_30d", min_value=1),
+        _count("skips_7d"),
+        _count("rebuffer_events_7d"),
+    ),
+    snapshot=SnapshotSpec("usage_agg_30d_snapshots", feature_view="usage_agg_30d_fv"),
+)
+
+PAYMENTS_AGG_90D = TableSpec(
+    name="payments_agg_90d",
+    description="Failed payments over the last 90 days.",
+    columns=(_user_id(), _count("failed_payments_90d")),
+    snapshot=SnapshotSpec("payments_agg_90d_snapshots", feature_view="payments_agg_90d_fv"),
+)
+
+SUPPORT_AGG_90D = TableSpec(
+    name="support_agg_90d",
+    description="Support tickets over the last 90 days.",
+    columns=(
+        _user_id(),
+        _count("support_tickets_90d"),
+        _amount("ticket_avg_resolution_hrs_90d"),
+    ),
+    snapshot=SnapshotSpec("support_agg_90d_snapshots", feature_view="support_agg_90d_fv"),
+)
+
+LABELS = TableSpec(
+    name="labels",
+    description="The churn flag reported in the month's drop.",
+    columns=(_user_id(), _flag("churn_label")),
+    snapshot=SnapshotSpec("labels_snapshots", columns=("churn_label",)),
+)
+
+
+TABLES: tuple[TableSpec, ...] = (
+    USERS,
+    SUBSCRIPTIONS,
+    USAGE_AGG_30D,
+    PAYMENTS_AGG_90D,
+    SUPPORT_AGG_90D,
+    LABELS,
+)
+"""The six tables of a drop, users first: every other file's user_ids must exist in users."""
+
+TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES}
+
+DROP_FILES: tuple[str, ...] = tuple(t.file_name for t in TABLES)
+
+
+SNAPSHOT_TABLES: tuple[TableSpec, ...] = tuple(t for t in TABLES if t.snapshot is not None)
