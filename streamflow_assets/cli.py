@@ -1,0 +1,153 @@
+"""The `streamflow` command: sample drops, the database in use, and the main job."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+import sqlalchemy as sa
+
+from streamflow_assets.db import DatabaseUnavailableError, database_url, get_engine, libpq_url
+from streamflow_assets.embedded import EmbeddedServerError, running_server, stop_server
+from streamflow_assets.settings import FIRST_MONTH_VAR, Settings, SettingsError, parse_month
+
+SAMPLE_USERS = 7_000
+SAMPLE_MONTHS = 3
+SAMPLE_SEED = 42
+"""`streamflow run` on an empty drops folder writes this sample: the size of a real drop."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+class _Group(click.Group):
+    """Known configuration problems end in one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (SettingsError, DatabaseUnavailableError, EmbeddedServerError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """StreamFlow feature platform."""
+
+
+@main.command()
+@click.option("--users", type=click.IntRange(min=1), default=SAMPLE_USERS, show_default=True)
+@click.option("--months", type=click.IntRange(min=1), default=SAMPLE_MONTHS, show_default=True)
+@click.option("--seed", type=int, default=SAMPLE_SEED, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Drops folder [default: STREAMFLOW_DROPS_DIR]",
+)
+@click.option("--first-month", help=f"YYYY-MM of month_000 [default: {FIRST_MONTH_VAR}]")
+@click.option("--dynamic", is_flag=True, help="Churned users leave, new users sign up.")
+@click.option("--overwrite", is_flag=True, help="Replace month folders that already exist.")
+def generate(users, months, seed, out, first_month, dynamic, overwrite) -> None:
+    """Write sample monthly drops (month_000, month_001, ...)."""
+    from streamflow_assets.generator import generate_drops, month_folder
+
+    settings = _settings()
+    out = out or settings.drops_dir
+    first = parse_month(first_month, "--first-month") if first_month else settings.first_month
+    existing = [month_folder(i) for i in range(months) if (out / month_folder(i)).exists()]
+    if existing and not overwrite:
+        raise click.ClickException(
+            f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them"
+        )
+    started = time.perf_counter()
+    folders = generate_drops(
+        out, users=users, months=months, seed=seed, first_month=first, dynamic=dynamic
+    )
+    click.echo(
+        f"wrote {len(folders)} monthly drops of ~{users:,} users to {out} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+
+
+@main.group()
+def db() -> None:
+    """The PostgreSQL in use (STREAMFLOW_DATABASE_URL, or the embedded server)."""
+
+
+@db.command("url")
+def db_url() -> None:
+    """Print the database URL in use, starting the embedded server if needed."""
+    click.echo(libpq_url(database_url(_settings())))
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL."""
+    settings = _settings()
+    if settings.database_url is not None:
+        raise click.ClickException(
+            "STREAMFLOW_DATABASE_URL is set: that server is not managed by streamflow"
+        )
+    if stop_server(settings.home):
+        click.echo(f"stopped the embedded PostgreSQL under {settings.home}")
+    else:
+        click.echo(f"no embedded PostgreSQL is running under {settings.home}")
+
+
+@db.command("status")
+def db_status() -> None:
+    """Say which database is in use and whether it answers."""
+    settings = _settings()
+    if settings.database_url is None:
+        info = running_server(settings.home)
+        state = f"running (pid {info.pid})" if info else "not running"
+        click.echo(f"embedded PostgreSQL under {settings.home}: {state}")
+        if info is None:
+            return
+    engine = get_engine(settings)
+    with engine.connect() as conn:
+        version = conn.execute(sa.text("SHOW server_version")).scalar_one()
+    click.echo(f"{libpq_url(engine.url)} answers: PostgreSQL {version}")
+
+
+@main.command()
+def run() -> None:
+    """The main job: sample drops if there are none, the database, the Dagster definitions."""
+    import dagster as dg
+
+    from streamflow_assets.definitions import defs
+    from streamflow_assets.generator import generate_drops
+
+    settings = _settings()
+    months = sorted(settings.drops_dir.glob("month_[0-9][0-9][0-9]"))
+    if not months:
+        click.echo(f"{settings.drops_dir} holds no drops: writing a sample")
+        generate_drops(
+            settings.drops_dir,
+            users=SAMPLE_USERS,
+            months=SAMPLE_MONTHS,
+            seed=SAMPLE_SEED,
+            first_month=settings.first_month,
+            dynamic=True,
+        )
+        months = sorted(settings.drops_dir.glob("month_[0-9][0-9][0-9]"))
+    click.echo(f"drops: {len(months)} months in {settings.drops_dir}")
+
+    engine = get_engine(settings)
+    with engine.connect() as conn:
+        version = conn.execute(sa.text("SHOW server_version")).scalar_one()
+    click.echo(f"database: {libpq_url(engine.url)} (PostgreSQL {version})")
+
+    dg.Definitions.validate_loadable(defs)
+    repo = defs.get_repository_def()
+    click.echo(f"dagster definitions: {len(repo.asset_graph.get_all_asset_keys())} assets, load OK")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The database connection every part of the project uses, derived from the settings.
+
+`database_url()` is the URL in use (the external one, or the embedded server's, started on demand);
+`get_engine()` the SQLAlchemy engine over it; `feast_connection()` the same connection as the
+parameters Feast's PostgreSQL stores and SQL registry take.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from streamflow_assets.settings import DATABASE_URL_VAR, Settings, redacted
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The configured database does not answer; the message says which setting to fix."""
+
+
+def database_url(settings: Settings) -> URL:
+    if settings.database_url is not None:
+        return settings.database_url
+    from streamflow_assets.embedded import ensure_server
+
+    return ensure_server(settings.home)
+
+
+def libpq_url(url: URL) -> str:
+    """The URL as psql and libpq take it (no SQLAlchemy driver suffix)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@functools.cache
+def _engine(url: URL) -> Engine:
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def get_engine(settings: Settings) -> Engine:
+    """The engine for the settings' database; checks once that it answers."""
+    url = database_url(settings)
+    engine = _engine(url)
+    check_connection(engine, explicit=settings.database_url is not None)
+    return engine
+
+
+def check_connection(engine: Engine, *, explicit: bool) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        where = (
+            f"{DATABASE_URL_VAR} ({redacted(engine.url)})"
+            if explicit
+            else f"the embedded PostgreSQL ({redacted(engine.url)})"
+        )
+        hint = (
+            f"Fix {DATABASE_URL_VAR}, or unset it to use the embedded PostgreSQL."
+            if explicit
+            else "Run `streamflow db stop` and try again, or set "
+            f"{DATABASE_URL_VAR} to an existing PostgreSQL."
+        )
+        raise DatabaseUnavailableError(f"cannot connect to {where}: {reason}. {hint}") from None
+
+
+@dataclass(frozen=True)
+class FeastConnection:
+    """Connection parameters in the shape of Feast's PostgreSQL config and SQL registry."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+    sslmode: str
+    registry_path: str
+
+    def as_env(self) -> dict[str, str]:
+        """Variables that `feature_store.yaml` expands with ${VAR}."""
+        return {
+            "STREAMFLOW_PG_HOST": self.host,
+            "STREAMFLOW_PG_PORT": str(self.port),
+            "STREAMFLOW_PG_DATABASE": self.database,
+            "STREAMFLOW_PG_USER": self.user,
+            "STREAMFLOW_PG_PASSWORD": self.password,
+            "STREAMFLOW_PG_SSLMODE": self.sslmode,
+            "STREAMFLOW_REGISTRY_PATH": self.registry_path,
+        }
+
+
+def feast_connection(settings: Settings) -> FeastConnection:
+    url = database_url(settings)
+    query = dict(url.query)
+    # A Unix-socket URL carries the socket folder as ?host=...; libpq takes it as the host.
+    host = url.host or str(query.get("host") or "localhost")
+    port = url.port or int(query.get("port") or 5432)
+    return FeastConnection(
+        host=host,
+        port=port,
+        database=url.database or "",
+        user=url.username or "",
+        password=url.password or "",
+        # Feast's stores default to sslmode=require, which a local server refuses.
+        sslmode=str(query.get("sslmode") or "prefer"),
+        registry_path=url.render_as_string(hide_password=False),
+    )

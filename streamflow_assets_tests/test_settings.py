@@ -1,0 +1,142 @@
+"""Settings: defaults, and errors that name the variable to set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from streamflow_assets.db import DatabaseUnavailableError, feast_connection, get_engine
+from streamflow_assets.embedded import ensure_server
+from streamflow_assets.settings import Settings, SettingsError, add_months, month_end
+
+pytestmark = pytest.mark.smoke
+
+
+def test_defaults_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({})
+    assert settings.database_url is None
+    assert settings.home == tmp_path / ".streamflow"
+    assert settings.drops_dir == tmp_path / "data" / "seeds"
+    assert settings.output_dir == tmp_path / "data" / "processed"
+    assert settings.first_month == date(2024, 1, 1)
+
+
+def test_database_url_gets_the_psycopg_driver():
+    settings = Settings.from_env(
+        {"STREAMFLOW_DATABASE_URL": "postgresql://u:pw@db.example:6543/sf"}
+    )
+    assert settings.database_url.drivername == "postgresql+psycopg"
+    assert settings.database_url.host == "db.example"
+    assert settings.database_url.port == 6543
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("mysql://root@localhost/sf", "must be a postgresql:// URL"),
+        ("not a url", "is not a URL"),
+        ("postgresql://user@localhost:5432", "names no database"),
+    ],
+)
+def test_bad_database_url_names_the_variable(value, says):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"STREAMFLOW_DATABASE_URL": value})
+    assert "STREAMFLOW_DATABASE_URL" in str(err.value)
+    assert says in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["2024-13", "24-01", "2024/01", "January"])
+def test_bad_first_month_names_the_variable(value):
+    expected = "STREAMFLOW_FIRST_MONTH must be a month written YYYY-MM"
+    with pytest.raises(SettingsError, match=expected):
+        Settings.from_env({"STREAMFLOW_FIRST_MONTH": value})
+
+
+def test_unreachable_database_names_the_variable_and_hides_the_password():
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    settings = Settings.from_env(
+        {"STREAMFLOW_DATABASE_URL": "postgresql://sf:s3cret@127.0.0.1:1/streamflow"}
+    )
+    with pytest.raises(DatabaseUnavailableError) as err:
+        get_engine(settings)
+    message = str(err.value)
+    assert "STREAMFLOW_DATABASE_URL" in message
+    assert "127.0.0.1:1/streamflow" in message
+    assert "s3cret" not in message
+
+
+def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
+    env = {**os.environ, "STREAMFLOW_DATABASE_URL": "mysql://root@localhost/sf"}
+    result = subprocess.run(
+        [sys.executable, "-m", "streamflow_assets.cli", "db", "url"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "STREAMFLOW_DATABASE_URL must be a postgresql:// URL" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the traversal rule only applies when run as root")
+def test_home_that_postgres_cannot_reach_names_the_variable_and_the_folder(tmp_path):
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o700)
+    with pytest.raises(SettingsError) as err:
+        ensure_server(closed / "home")
+    message = str(err.value)
+    assert "STREAMFLOW_HOME" in message
+    assert str(closed) in message
+    assert oct(closed.stat().st_mode & 0o777) == "0o700", "nothing was opened up"
+
+
+def test_feast_connection_for_a_tcp_url():
+    settings = Settings.from_env(
+        {"STREAMFLOW_DATABASE_URL": "postgresql://feast:pw@10.0.0.5:6000/fs?sslmode=require"}
+    )
+    conn = feast_connection(settings)
+    assert (conn.host, conn.port, conn.database, conn.user, conn.password) == (
+        "10.0.0.5",
+        6000,
+        "fs",
+        "feast",
+        "pw",
+    )
+    assert conn.sslmode == "require"
+    assert conn.registry_path == "postgresql+psycopg://feast:pw@10.0.0.5:6000/fs?sslmode=require"
+
+
+def test_feast_connection_for_a_socket_url_defaults_sslmode_to_prefer():
+    settings = Settings.from_env(
+        {"STREAMFLOW_DATABASE_URL": "postgresql://postgres@/streamflow?host=/run/pg&port=5433"}
+    )
+    conn = feast_connection(settings)
+    assert (conn.host, conn.port, conn.sslmode) == ("/run/pg", 5433, "prefer")
+    assert conn.as_env()["STREAMFLOW_PG_HOST"] == "/run/pg"
+
+
+@pytest.mark.parametrize(
+    ("month", "n", "as_of"),
+    [
+        (date(2024, 1, 1), 0, date(2024, 1, 31)),
+        (date(2024, 1, 1), 1, date(2024, 2, 29)),
+        (date(2024, 1, 1), 11, date(2024, 12, 31)),
+        (date(2024, 11, 1), 3, date(2025, 2, 28)),
+    ],
+)
+def test_month_arithmetic(month, n, as_of):
+    assert month_end(add_months(month, n)) == as_of
+
+
+def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"STREAMFLOW_DROPS_DIR": "drops"})
+    assert settings.drops_dir == Path(tmp_path, "drops")
