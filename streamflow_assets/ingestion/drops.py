@@ -1,0 +1,104 @@
+"""Finding a month's drop file, reading its header, and staging it in PostgreSQL with COPY."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from streamflow_assets.partitions import drop_folder
+from streamflow_assets.settings import Settings
+from streamflow_assets.table_specs import DROP_FILES, TableSpec
+from streamflow_assets.warehouse import STAGING_SCHEMA, ident
+
+_CHUNK = 1 << 20
+
+
+class DropError(ValueError):
+    """A drop file cannot be read or staged; the message names the file."""
+
+
+@dataclass(frozen=True)
+class DropFile:
+    spec: TableSpec
+    partition: str
+    path: Path
+    header: tuple[str, ...]
+    """Column names as the file has them (a UTF-8 BOM removed)."""
+    data_rows: int
+    """Lines after the header: the rows COPY must stage."""
+
+
+def open_drop_file(settings: Settings, spec: TableSpec, partition: str) -> DropFile:
+    folder = drop_folder(settings, partition)
+    if not folder.is_dir():
+        raise DropError(
+            f"partition {partition} has no drop folder: {folder} does not exist "
+            f"(STREAMFLOW_DROPS_DIR={settings.drops_dir})"
+        )
+    path = folder / spec.file_name
+    if not path.is_file():
+        raise DropError(f"{path} is missing: a month's drop has {', '.join(DROP_FILES)}")
+    with open(path, "rb") as f:
+        first = f.readline()
+        if not first.strip():
+            raise DropError(f"{path} is empty: expected a header row and one row per user")
+        newlines, last = first.count(b"\n"), first
+        while chunk := f.read(_CHUNK):
+            newlines += chunk.count(b"\n")
+            last = chunk
+    try:
+        line = first.decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise DropError(f"{path}: the header row is not UTF-8 text") from None
+    header = tuple(h.strip() for h in next(csv.reader([line])))
+    lines = newlines + (0 if last.endswith(b"\n") else 1)
+    return DropFile(spec, partition, path, header, data_rows=lines - 1)
+
+
+def staging_table_name(spec: TableSpec, partition: str, kind: str) -> str:
+    """A run's own staging table: concurrent runs never share one."""
+    return f"{spec.name}_{partition.replace('-', '_')}_{kind}_{uuid.uuid4().hex[:8]}"
+
+
+def stage_raw(engine: Engine, drop: DropFile) -> str:
+    """COPY the file into a new table of TEXT columns (every spec column; absent ones stay NULL).
+
+    Values are staged as text so that a value that does not parse is reported by validation,
+    with its user_id, instead of aborting the COPY.
+    """
+    name = staging_table_name(drop.spec, drop.partition, "raw")
+    columns = ", ".join(f"{ident(c.name)} text" for c in drop.spec.columns)
+    # The header was checked against the spec before staging: these are spec column names.
+    file_columns = ", ".join(ident(drop.spec.column(h).name) for h in drop.header)
+    raw = engine.raw_connection()
+    try:
+        conn: psycopg.Connection = raw.driver_connection
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE UNLOGGED TABLE {ident(STAGING_SCHEMA, name)} ({columns})")
+            copy_sql = (
+                f"COPY {ident(STAGING_SCHEMA, name)} ({file_columns}) "
+                "FROM STDIN WITH (FORMAT csv, HEADER true)"
+            )
+            with cur.copy(copy_sql) as copy, open(drop.path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    copy.write(chunk)
+        conn.commit()
+    except psycopg.Error as exc:
+        conn.rollback()
+        detail = exc.diag.message_primary or str(exc)
+        where = exc.diag.context or ""
+        raise DropError(f"{drop.path} cannot be read as CSV: {detail} ({where.strip()})") from None
+    finally:
+        raw.close()
+    return name
+
+
+def drop_staging_table(engine: Engine, name: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {ident(STAGING_SCHEMA, name)}"))

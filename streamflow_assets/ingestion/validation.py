@@ -1,0 +1,413 @@
+"""Validation of a staged drop with Great Expectations 1.x, reported as Dagster asset checks.
+
+Expectations are derived from the table specs and grouped into a few checks with stable names.
+The blocking ones run before anything is published; the first blocking check that fails stops
+the partition (its later checks would only repeat the failure in other words).
+
+| check              | severity | what                                                          |
+|--------------------|----------|---------------------------------------------------------------|
+| file_format        | ERROR    | exact column set, no duplicate column, rows in file = staged  |
+| values_parse       | ERROR    | every value parses as its SQL type                            |
+| user_ids           | ERROR    | user_id present, unique, well-formed, in the month's users   |
+| allowed_values     | ERROR    | NOT NULL columns, allowed values, ranges, plan_stream_* rule |
+| all_users_present  | WARN     | users of the month's users file missing from this file       |
+| row_count_stable   | WARN     | row count within 20% of the previous month's                 |
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+import pandas as pd
+from sqlalchemy.engine import URL
+
+from streamflow_assets.table_specs import USERS, TableSpec
+from streamflow_assets.warehouse import ident, literal
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+SAMPLE_SIZE = 5
+ROW_COUNT_TOLERANCE = 0.2
+
+PARSE_PATTERNS = {
+    "INTEGER": r"^-?[0-9]{1,9}$",
+    "NUMERIC": r"^-?[0-9]+(\.[0-9]+)?$",
+    "BOOLEAN": r"^(True|False)$",
+}
+"""How values of each SQL type are written in a drop (DESIGN.md: True/False, ISO dates)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    severity: dg.AssetCheckSeverity
+    description: str
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity == dg.AssetCheckSeverity.ERROR
+
+
+FILE_FORMAT = Check(
+    "file_format",
+    dg.AssetCheckSeverity.ERROR,
+    "The file has exactly the table's columns (optional add-on columns may be absent), no "
+    "column twice, and every line after the header was staged as one row.",
+)
+VALUES_PARSE = Check(
+    "values_parse",
+    dg.AssetCheckSeverity.ERROR,
+    "Every value parses as its column's SQL type: integers, decimals, True/False, real "
+    "YYYY-MM-DD dates.",
+)
+USER_IDS = Check(
+    "user_ids",
+    dg.AssetCheckSeverity.ERROR,
+    "user_id is present, unique, shaped like 7590-VHVEG, and (except in users) listed in the "
+    "month's users file.",
+)
+ALLOWED_VALUES = Check(
+    "allowed_values",
+    dg.AssetCheckSeverity.ERROR,
+    "Required columns have values, categories are allowed values, numbers are in range, and "
+    "plan_stream_* are NULL exactly when net_service is No.",
+)
+ALL_USERS_PRESENT = Check(
+    "all_users_present",
+    dg.AssetCheckSeverity.WARN,
+    "Every user of the month's users file has a row in this file.",
+)
+ROW_COUNT_STABLE = Check(
+    "row_count_stable",
+    dg.AssetCheckSeverity.WARN,
+    f"The row count is within {ROW_COUNT_TOLERANCE:.0%} of the previous month's.",
+)
+
+
+def checks_for(spec: TableSpec) -> list[Check]:
+    checks = [FILE_FORMAT, VALUES_PARSE, USER_IDS, ALLOWED_VALUES]
+    if spec.name != USERS.name:
+        checks.append(ALL_USERS_PRESENT)
+    checks.append(ROW_COUNT_STABLE)
+    return checks
+
+
+@dataclass
+class Outcome:
+    """One expectation's result, in the words a person fixing the drop needs."""
+
+    expectation: str
+    column: str | None
+    success: bool
+    unexpected_count: int = 0
+    samples: list[str] = field(default_factory=list)
+    observed: str = ""
+
+    def line(self) -> str:
+        where = f"{self.column}: " if self.column else ""
+        text = f"{where}{self.expectation}"
+        if self.unexpected_count:
+            text += f" — {self.unexpected_count:,} unexpected"
+        if self.observed:
+            text += f" ({self.observed})"
+        if self.samples:
+            text += f", e.g. {'; '.join(self.samples)}"
+        return text
+
+
+@dataclass
+class CheckReport:
+    check: Check
+    outcomes: list[Outcome]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.success for o in self.outcomes)
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def to_result(self, asset_key: dg.AssetKey) -> dg.AssetCheckResult:
+        failures = self.failures
+        table = "\n".join(
+            f"| `{o.column or ''}` | {o.expectation} | {o.unexpected_count:,} | "
+            f"{'; '.join(o.samples) or o.observed} |"
+            for o in failures
+        )
+        metadata: dict[str, dg.RawMetadataValue] = {
+            "expectations": len(self.outcomes),
+            "failed expectations": len(failures),
+            "unexpected rows": sum(o.unexpected_count for o in failures),
+        }
+        if failures:
+            metadata["failures"] = dg.MetadataValue.md(
+                "| column | expectation | unexpected | examples |\n|---|---|---|---|\n" + table
+            )
+        return dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=self.check.name,
+            passed=self.passed,
+            severity=self.check.severity,
+            metadata=metadata,
+            description=self.check.description,
+        )
+
+
+def _user_id_samples(result: dict, column: str | None) -> list[str]:
+    rows = result.get("partial_unexpected_index_list") or []
+    samples = []
+    for row in rows[:SAMPLE_SIZE]:
+        value = row.get(column) if column and column != "user_id" else None
+        samples.append(f"user_id {row.get('user_id')}" + (f": {value!r}" if column else ""))
+    if not samples:
+        samples = [repr(v) for v in (result.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]]
+    return samples
+
+
+def _row_samples(result: dict) -> list[str]:
+    rows = (result.get("details") or {}).get("unexpected_rows") or []
+    return [", ".join(f"{k} {v}" for k, v in row.items()) for row in rows[:SAMPLE_SIZE]]
+
+
+def _exception_message(gx_result) -> str | None:
+    info = gx_result.exception_info or {}
+    # One dict for the expectation, or one per metric that failed to compute.
+    for item in [info, *(v for v in info.values() if isinstance(v, dict))]:
+        if item.get("raised_exception"):
+            return str(item.get("exception_message") or "unknown error").splitlines()[0]
+    return None
+
+
+def _outcome(gx_result) -> Outcome:
+    config = gx_result.expectation_config
+    result = gx_result.result or {}
+    column = config.kwargs.get("column")
+    name = config.description or config.type.removeprefix("expect_").replace("_", " ")
+    if error := _exception_message(gx_result):
+        return Outcome(name, column, False, observed=f"could not be evaluated: {error}")
+    if config.type == "unexpected_rows_expectation":
+        count = int(result.get("observed_value") or 0)
+        return Outcome(name, column, gx_result.success, count, _row_samples(result))
+    if "unexpected_count" in result:
+        return Outcome(
+            name,
+            column,
+            gx_result.success,
+            int(result.get("unexpected_count") or 0),
+            _user_id_samples(result, column),
+        )
+    observed = result.get("observed_value")
+    return Outcome(name, column, gx_result.success, observed=f"found {observed}")
+
+
+class Validator:
+    """Runs expectation suites against tables of one database or against a data frame."""
+
+    def __init__(self, url: URL):
+        self._context = gx.get_context(mode="ephemeral")
+        self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self._url = url
+        self._sql = None
+        self._batches: dict[tuple[str, str], object] = {}
+
+    def _sql_source(self):
+        if self._sql is None:
+            # add_sql, not add_postgres: the latter rejects Unix-socket URLs (the embedded server).
+            self._sql = self._context.data_sources.add_sql(
+                "streamflow", connection_string=self._url.render_as_string(hide_password=False)
+            )
+        return self._sql
+
+    def table(self, schema: str, name: str, suites: dict[Check, list]) -> list[CheckReport]:
+        """Validate a table against several checks' expectations in one run."""
+        if (schema, name) not in self._batches:
+            asset = self._sql_source().add_table_asset(name, table_name=name, schema_name=schema)
+            self._batches[schema, name] = asset.add_batch_definition_whole_table("whole table")
+        expectations = []
+        for check, check_expectations in suites.items():
+            for expectation in check_expectations:
+                expectation.meta = {"check": check.name}
+                expectations.append(expectation)
+        outcomes: dict[str, list[Outcome]] = {check.name: [] for check in suites}
+        for result in self._run(self._batches[schema, name], expectations):
+            outcomes[result.expectation_config.meta["check"]].append(_outcome(result))
+        return [CheckReport(check, outcomes[check.name]) for check in suites]
+
+    def frame(self, name: str, frame: pd.DataFrame, expectations: Sequence) -> list[Outcome]:
+        source = self._context.data_sources.add_or_update_pandas(f"{name} frame")
+        asset = source.add_dataframe_asset(name)
+        batch = asset.add_batch_definition_whole_dataframe("whole frame").get_batch(
+            batch_parameters={"dataframe": frame}
+        )
+        suite = gx.ExpectationSuite(name=f"{name} suite", expectations=list(expectations))
+        return [_outcome(r) for r in batch.validate(suite, result_format="SUMMARY").results]
+
+    def _run(self, batch_definition, expectations: Sequence) -> list:
+        suite = gx.ExpectationSuite(
+            name=f"{batch_definition.data_asset.name} suite", expectations=list(expectations)
+        )
+        batch = batch_definition.get_batch()
+        result_format = {
+            "result_format": "SUMMARY",
+            "unexpected_index_column_names": ["user_id"],
+            "partial_unexpected_count": SAMPLE_SIZE,
+        }
+        return batch.validate(suite, result_format=result_format).results
+
+
+# ---- expectations derived from the table specs -------------------------------------------------
+
+
+def header_expectations(spec: TableSpec, header: Sequence[str]) -> list:
+    present_optional = [c.name for c in spec.columns if c.optional_in_file and c.name in header]
+    expected = [*spec.required_file_columns, *present_optional]
+    return [
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=expected,
+            exact_match=True,
+            description=f"columns are exactly {', '.join(spec.column_names)} "
+            "(add_on_* may be absent)",
+        ),
+        gxe.ExpectTableColumnCountToEqual(
+            value=len(expected), description="no column appears twice"
+        ),
+    ]
+
+
+def staged_count_expectations(data_rows: int) -> list:
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, description="the file has data rows"),
+        gxe.ExpectTableRowCountToEqual(
+            value=data_rows, description=f"rows staged equal the file's {data_rows:,} data lines"
+        ),
+    ]
+
+
+def parse_expectations(spec: TableSpec) -> list:
+    expectations = []
+    for col in spec.columns:
+        if col.sql_type in PARSE_PATTERNS:
+            expectations.append(
+                gxe.ExpectColumnValuesToMatchRegex(
+                    column=col.name,
+                    regex=PARSE_PATTERNS[col.sql_type],
+                    description=f"values parse as {col.sql_type}",
+                )
+            )
+        elif col.sql_type == "DATE":
+            # A real calendar day written YYYY-MM-DD: anti-join on every day of 1900..2199.
+            expectations.append(
+                gxe.UnexpectedRowsExpectation(
+                    unexpected_rows_query=f"""
+                        SELECT user_id, {ident(col.name)} FROM {{batch}}
+                        WHERE {ident(col.name)} IS NOT NULL AND {ident(col.name)} NOT IN (
+                            SELECT to_char(d, 'YYYY-MM-DD')
+                            FROM generate_series(date '1900-01-01', date '2199-12-31',
+                                                 interval '1 day') AS d)""",
+                    description=f"{col.name}: values are dates written YYYY-MM-DD",
+                )
+            )
+    return expectations
+
+
+def user_id_expectations(spec: TableSpec, users_month_table: tuple[str, str] | None) -> list:
+    user_id = spec.column("user_id")
+    expectations = [
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id", description="user_id is present"),
+        gxe.ExpectColumnValuesToBeUnique(column="user_id", description="user_id is unique"),
+        gxe.ExpectColumnValuesToMatchRegex(
+            column="user_id",
+            regex=user_id.pattern,
+            description="user_id looks like 7590-VHVEG",
+        ),
+    ]
+    if users_month_table is not None:
+        users = ident(*users_month_table)
+        expectations.append(
+            gxe.UnexpectedRowsExpectation(
+                unexpected_rows_query=f"""
+                    WITH b AS (SELECT user_id FROM {{batch}})
+                    SELECT b.user_id FROM b
+                    WHERE NOT EXISTS (SELECT 1 FROM {users} AS u WHERE u.user_id = b.user_id)""",
+                description="user_id: every user_id is in the month's users file",
+            )
+        )
+    return expectations
+
+
+def value_expectations(spec: TableSpec) -> list:
+    expectations = []
+    for col in spec.columns:
+        if col.name == "user_id":
+            continue
+        if not col.nullable:
+            expectations.append(
+                gxe.ExpectColumnValuesToNotBeNull(column=col.name, description="has a value")
+            )
+        if col.allowed:
+            expectations.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=col.name,
+                    value_set=list(col.allowed),
+                    description=f"is one of {', '.join(col.allowed)}",
+                )
+            )
+        if col.min_value is not None or col.max_value is not None:
+            low = "" if col.min_value is None else f"{col.min_value:g} ≤ "
+            high = "" if col.max_value is None else f" ≤ {col.max_value:g}"
+            expectations.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=col.name,
+                    min_value=col.min_value,
+                    max_value=col.max_value,
+                    description=f"{low}value{high}",
+                )
+            )
+        if col.null_exactly_when:
+            other, value = col.null_exactly_when
+            expectations.append(
+                gxe.UnexpectedRowsExpectation(
+                    unexpected_rows_query=f"""
+                        SELECT user_id, {ident(col.name)}, {ident(other)} FROM {{batch}}
+                        WHERE ({ident(col.name)} IS NULL)
+                              <> ({ident(other)} IS NOT DISTINCT FROM {literal(value)})""",
+                    description=f"{col.name}: NULL exactly when {other} is {value}",
+                )
+            )
+    return expectations
+
+
+def coverage_expectations(users_month_table: tuple[str, str]) -> list:
+    users = ident(*users_month_table)
+    return [
+        gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=f"""
+                WITH b AS (SELECT user_id FROM {{batch}})
+                SELECT u.user_id FROM {users} AS u
+                WHERE NOT EXISTS (SELECT 1 FROM b WHERE b.user_id = u.user_id)""",
+            description="users of the month's users file missing from this file",
+        )
+    ]
+
+
+def row_count_expectations(previous_rows: int | None) -> list:
+    if not previous_rows:
+        return []
+    low = int(previous_rows * (1 - ROW_COUNT_TOLERANCE))
+    high = int(previous_rows * (1 + ROW_COUNT_TOLERANCE))
+    return [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=low,
+            max_value=high,
+            description=f"row count within {ROW_COUNT_TOLERANCE:.0%} of the previous month's "
+            f"{previous_rows:,}",
+        )
+    ]

@@ -1,0 +1,121 @@
+"""The PostgreSQL side of the table specs: names, DDL, and the per-partition writer lock.
+
+Three kinds of tables, all derived from `table_specs`:
+- live tables (`public.<table>`): per user, the values of the newest month that held the user,
+  with that month's `as_of`;
+- month tables (`drops.<table>_<YYYY_MM>`): a month's validated drop, kept so that the month's
+  snapshot can be rebuilt whatever has been ingested since;
+- snapshot tables (`public.<snapshot>`): (user_id, as_of) plus the snapshot columns, one month per
+  as_of, with a timestamptz `event_timestamp` for Feast.
+Identifiers only ever come from the table specs and from partition keys Dagster has validated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Engine
+
+from streamflow_assets.table_specs import Column, SqlType, TableSpec
+
+DROPS_SCHEMA = "drops"
+STAGING_SCHEMA = "streamflow_staging"
+
+PG_TYPES: dict[SqlType, str] = {
+    "TEXT": "text",
+    "DATE": "date",
+    "BOOLEAN": "boolean",
+    "INTEGER": "integer",
+    "NUMERIC": "numeric",
+}
+
+_preparer = postgresql.dialect().identifier_preparer
+_PARTITION_RE = re.compile(r"^\d{4}-\d{2}$")
+
+
+def ident(*parts: str) -> str:
+    """A quoted, schema-qualified identifier."""
+    return ".".join(_preparer.quote_identifier(p) for p in parts)
+
+
+def literal(value: object) -> str:
+    """A constant from the table specs as an SQL literal (for GX queries, which take text)."""
+    return str(
+        sa.literal(value).compile(
+            dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+        )
+    )
+
+
+def month_table(spec: TableSpec, partition: str) -> str:
+    """The name (in DROPS_SCHEMA) of a month's validated drop of a table."""
+    if not _PARTITION_RE.match(partition):
+        raise ValueError(f"not a monthly partition key: {partition!r}")
+    return f"{spec.name}_{partition.replace('-', '_')}"
+
+
+def column_ddl(column: Column, *, enforce_not_null: bool = True) -> str:
+    not_null = " NOT NULL" if enforce_not_null and not column.nullable else ""
+    return f"{ident(column.name)} {PG_TYPES[column.sql_type]}{not_null}"
+
+
+def live_table_ddl(spec: TableSpec) -> str:
+    columns = ",\n    ".join(column_ddl(c) for c in spec.columns)
+    return f"""CREATE TABLE IF NOT EXISTS {ident(spec.name)} (
+    {columns},
+    as_of date NOT NULL,
+    PRIMARY KEY ({", ".join(ident(k) for k in spec.primary_key)})
+)"""
+
+
+def snapshot_table_ddl(spec: TableSpec) -> str:
+    assert spec.snapshot is not None
+    columns = ",\n    ".join(column_ddl(c) for c in spec.snapshot_columns())
+    return f"""CREATE TABLE IF NOT EXISTS {ident(spec.snapshot.name)} (
+    user_id text NOT NULL,
+    as_of date NOT NULL,
+    event_timestamp timestamptz NOT NULL,
+    {columns},
+    PRIMARY KEY (user_id, as_of)
+)"""
+
+
+def ensure_tables(engine: Engine, *ddl: str) -> None:
+    """Create the schemas and the given tables if missing."""
+    with engine.begin() as conn:
+        # Runs of different partitions may create the same tables at once.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('streamflow:ddl'))"))
+        for schema in (DROPS_SCHEMA, STAGING_SCHEMA):
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}"))
+        for statement in ddl:
+            conn.execute(sa.text(statement))
+
+
+def table_exists(conn: Connection, schema: str, name: str) -> bool:
+    found = conn.execute(
+        sa.text("SELECT to_regclass(:qualified) IS NOT NULL"),
+        {"qualified": ident(schema, name)},
+    )
+    return bool(found.scalar_one())
+
+
+@contextlib.contextmanager
+def partition_lock(engine: Engine, asset: str, partition: str) -> Iterator[None]:
+    """Hold the writer lock of one asset partition: a second run of it waits here.
+
+    A session-level advisory lock on a connection of its own, so it spans the run's
+    transactions and is released by PostgreSQL if the run's process dies.
+    """
+    with engine.connect() as conn:
+        key = {"key": f"streamflow:{asset}:{partition}"}
+        conn.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), key)
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), key)
+            conn.commit()
