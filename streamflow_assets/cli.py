@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,15 +119,15 @@ def db_status() -> None:
 
 @main.command()
 def run() -> None:
-    """The main job: sample drops if there are none, the database, the Dagster definitions."""
+    """The main job: every month of the drops folder, oldest first, through the asset graph."""
     import dagster as dg
 
     from streamflow_assets.definitions import defs
     from streamflow_assets.generator import generate_drops
+    from streamflow_assets.partitions import DropFolderError, partitions_in_drops
 
     settings = _settings()
-    months = sorted(settings.drops_dir.glob("month_[0-9][0-9][0-9]"))
-    if not months:
+    if not any(settings.drops_dir.glob("month_*")):
         click.echo(f"{settings.drops_dir} holds no drops: writing a sample")
         generate_drops(
             settings.drops_dir,
@@ -136,17 +137,65 @@ def run() -> None:
             first_month=settings.first_month,
             dynamic=True,
         )
-        months = sorted(settings.drops_dir.glob("month_[0-9][0-9][0-9]"))
-    click.echo(f"drops: {len(months)} months in {settings.drops_dir}")
-
+    try:
+        months = partitions_in_drops(settings)
+    except DropFolderError as exc:
+        raise click.ClickException(str(exc)) from None
     engine = get_engine(settings)
     with engine.connect() as conn:
         version = conn.execute(sa.text("SHOW server_version")).scalar_one()
     click.echo(f"database: {libpq_url(engine.url)} (PostgreSQL {version})")
+    click.echo(f"drops: {len(months)} months in {settings.drops_dir}")
 
-    dg.Definitions.validate_loadable(defs)
-    repo = defs.get_repository_def()
-    click.echo(f"dagster definitions: {len(repo.asset_graph.get_all_asset_keys())} assets, load OK")
+    # Runs are recorded where `dagster dev` (make dev) finds them.
+    os.environ.setdefault("DAGSTER_HOME", str(_dagster_home(settings)))
+    instance = dg.DagsterInstance.get()
+    failed = []
+    for partition, folder in months.items():
+        started = time.perf_counter()
+        result = dg.materialize(
+            defs.assets,
+            partition_key=partition,
+            resources=defs.resources,
+            instance=instance,
+            raise_on_error=False,
+            # The full event log goes to the instance (see it in `dagster dev`).
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        seconds = time.perf_counter() - started
+        if result.success:
+            click.echo(f"  {partition} ({folder.name}): {_summary(result)} in {seconds:.1f} s")
+        else:
+            failed.append(partition)
+            click.echo(f"  {partition} ({folder.name}): FAILED in {seconds:.1f} s", err=True)
+            for event in result.get_step_failure_events():
+                click.echo(f"    {event.step_key}: {_failure_text(event)}", err=True)
+    if failed:
+        raise click.ClickException(f"{len(failed)} month(s) failed: {', '.join(failed)}")
+
+
+def _dagster_home(settings: Settings) -> Path:
+    home = settings.home / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()  # the defaults: run and event storage in this folder
+    return home
+
+
+def _summary(result) -> str:
+    materialized = result.get_asset_materialization_events()
+    users = [
+        e.materialization.metadata
+        for e in materialized
+        if e.materialization.asset_key.to_user_string() == "users"
+    ]
+    rows = f"{users[0]['rows staged'].value:,} users, " if users else ""
+    return f"{rows}{len(materialized)} assets"
+
+
+def _failure_text(event) -> str:
+    error = event.event_specific_data.error
+    cause = error.cause if error and error.cause else error
+    return cause.message.strip() if cause else event.message
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from streamflow_assets.ingestion.assets import ingestion_assets
+from streamflow_assets.ingestion.assets import ingest_monthly_drop
 from streamflow_assets.resources import StreamflowDatabase
 from streamflow_assets.snapshots import snapshot_assets
 
 defs = dg.Definitions(
-    assets=[*ingestion_assets, *snapshot_assets],
+    assets=[ingest_monthly_drop, *snapshot_assets],
     resources={"database": StreamflowDatabase()},
 )

@@ -57,3 +57,29 @@ def partition_of_folder(name: str, first_month: date) -> str | None:
     if not match:
         return None
     return partition_key(add_months(first_month, int(match.group(1))))
+
+
+class DropFolderError(ValueError):
+    """A folder in the drops folder maps to no partition; the message names it."""
+
+
+def partitions_in_drops(settings: Settings) -> dict[str, Path]:
+    """The partition key of every month folder in the drops folder, oldest first."""
+    if not settings.drops_dir.is_dir():
+        return {}
+    last = monthly_partitions.get_last_partition_key()
+    found = {}
+    for folder in sorted(p for p in settings.drops_dir.iterdir() if p.is_dir()):
+        key = partition_of_folder(folder.name, settings.first_month)
+        if key is None:
+            raise DropFolderError(
+                f"{folder} is not a month folder: drop folders are named month_000, month_001, ..."
+            )
+        if last is None or key > last:
+            raise DropFolderError(
+                f"{folder} maps to {key}, which has no partition yet: partitions run from "
+                f"{settings.first_month:%Y-%m} (STREAMFLOW_FIRST_MONTH) to the last completed "
+                f"month, {last}"
+            )
+        found[key] = folder
+    return found

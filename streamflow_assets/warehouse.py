@@ -104,18 +104,23 @@ def table_exists(conn: Connection, schema: str, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def partition_lock(engine: Engine, asset: str, partition: str) -> Iterator[None]:
-    """Hold the writer lock of one asset partition: a second run of it waits here.
+def advisory_lock(engine: Engine, key: str) -> Iterator[None]:
+    """Hold a named lock across transactions: another holder of the same key waits here.
 
-    A session-level advisory lock on a connection of its own, so it spans the run's
-    transactions and is released by PostgreSQL if the run's process dies.
+    A session-level advisory lock on a connection of its own, released by PostgreSQL if the
+    process dies.
     """
     with engine.connect() as conn:
-        key = {"key": f"streamflow:{asset}:{partition}"}
-        conn.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), key)
+        params = {"key": f"streamflow:{key}"}
+        conn.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), params)
         conn.commit()
         try:
             yield
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), key)
+            conn.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), params)
             conn.commit()
+
+
+def partition_lock(engine: Engine, asset: str, partition: str):
+    """The writer lock of one asset partition: two runs of it never interleave their writes."""
+    return advisory_lock(engine, f"{asset}:{partition}")

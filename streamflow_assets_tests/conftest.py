@@ -50,13 +50,23 @@ def server_url() -> Iterator[URL]:
 @pytest.fixture(scope="session")
 def database_url(server_url: URL) -> Iterator[URL]:
     """A database created for this test session and dropped after it."""
+    url = create_database(server_url)
+    yield url
+    drop_database(server_url, url)
+
+
+def create_database(server_url: URL, template: str | None = None) -> URL:
+    """A new database on the test server, optionally a copy of another."""
     name = f"streamflow_test_{uuid.uuid4().hex[:12]}"
-    admin = libpq_url(server_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield server_url.set(database=name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    copy = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
+    return server_url.set(database=name)
+
+
+def drop_database(server_url: URL, url: URL) -> None:
+    with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
 
 
 @pytest.fixture

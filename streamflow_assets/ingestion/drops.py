@@ -88,6 +88,8 @@ def stage_raw(engine: Engine, drop: DropFile) -> str:
             with cur.copy(copy_sql) as copy, open(drop.path, "rb") as f:
                 while chunk := f.read(_CHUNK):
                     copy.write(chunk)
+            # Fresh tables have no statistics: validation queries would get poor plans.
+            cur.execute(f"ANALYZE {ident(STAGING_SCHEMA, name)}")
         conn.commit()
     except psycopg.Error as exc:
         conn.rollback()

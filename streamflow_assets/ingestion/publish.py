@@ -1,14 +1,48 @@
-"""SQL that turns a validated staging table into the month's record and the live table's rows."""
+"""Publishing a validated drop: the month's records and the next version of each live table.
+
+Nearly every subscriber changes every month, so updating the live tables row by row (INSERT ... ON
+CONFLICT DO UPDATE, or MERGE) rewrites every row through the primary key: 10-11 s per 1M-row table
+on the reference machine. Instead each live table's next version is built set-based — the current
+rows that stay (users absent from the month, or whose row came from a newer month) plus the month's
+rows — and swapped in. The builds run in parallel while the drop holds every live table's publish
+lock; the swap of all tables is one short transaction, so a drop is published whole or not at all.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from streamflow_assets.table_specs import TableSpec
-from streamflow_assets.warehouse import DROPS_SCHEMA, PG_TYPES, STAGING_SCHEMA, ident
+from streamflow_assets.warehouse import (
+    DROPS_SCHEMA,
+    PG_TYPES,
+    STAGING_SCHEMA,
+    advisory_lock,
+    column_ddl,
+    ident,
+    month_table,
+)
+
+BUILD_THREADS = 2
+
+
+@dataclass
+class PublishedTable:
+    spec: TableSpec
+    month_table: str
+    """Set when the month is published."""
+    inserted: int
+    updated: int
+    unchanged: int
+    skipped_as_older: int
+    live_rows: int
 
 
 def drop_stale_staging(engine: Engine, spec: TableSpec, partition: str) -> int:
@@ -40,62 +74,114 @@ def cast_staged(engine: Engine, spec: TableSpec, raw: str, typed: str) -> None:
                 f"SELECT {casts} FROM {ident(STAGING_SCHEMA, raw)}"
             )
         )
+        conn.execute(sa.text(f"ANALYZE {ident(STAGING_SCHEMA, typed)}"))
 
 
-def publish(
-    conn: Connection, spec: TableSpec, typed: str, month_table: str, as_of: date
-) -> dict[str, int]:
-    """Make the validated table the month's record and upsert it into the live table.
+def _next_name(typed: str) -> str:
+    return f"{typed}_next"
 
-    Runs inside the caller's transaction. A live row is replaced only by a newer month, or by
-    the same month with different values; an older month never overwrites a newer one.
-    """
-    live = ident(spec.name)
-    # Publishes of different months into one live table take turns (no upsert deadlocks).
-    conn.execute(sa.text(f"LOCK TABLE {live} IN SHARE ROW EXCLUSIVE MODE"))
-    conn.execute(sa.text(f"DROP TABLE IF EXISTS {ident(DROPS_SCHEMA, month_table)}"))
-    conn.execute(
-        sa.text(f"ALTER TABLE {ident(STAGING_SCHEMA, typed)} RENAME TO {ident(month_table)}")
-    )
-    conn.execute(
-        sa.text(
-            f"ALTER TABLE {ident(STAGING_SCHEMA, month_table)} SET SCHEMA {ident(DROPS_SCHEMA)}"
-        )
-    )
-    month = ident(DROPS_SCHEMA, month_table)
-    conn.execute(sa.text(f"ALTER TABLE {month} ADD PRIMARY KEY (user_id)"))
 
-    older = conn.execute(
-        sa.text(
-            f"SELECT count(*) FROM {month} AS m JOIN {live} AS l USING (user_id) "
-            "WHERE l.as_of > :as_of"
-        ),
-        {"as_of": as_of},
-    ).scalar_one()
-
-    keys = set(spec.primary_key)
+def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> PublishedTable:
+    """Build the live table's next version beside it, and count what changes."""
+    live, month = ident(spec.name), ident(STAGING_SCHEMA, typed)
+    nxt = ident(STAGING_SCHEMA, _next_name(typed))
     columns = [ident(c.name) for c in spec.columns]
-    values = [ident(c.name) for c in spec.columns if c.name not in keys]
-    assignments = ", ".join(f"{v} = EXCLUDED.{v}" for v in values)
-    live_values = ", ".join(f"{live}.{v}" for v in values)
-    new_values = ", ".join(f"EXCLUDED.{v}" for v in values)
-    counts = conn.execute(
-        sa.text(
-            f"""
-            WITH upserted AS (
-                INSERT INTO {live} ({", ".join(columns)}, as_of)
-                SELECT {", ".join(columns)}, :as_of FROM {month}
-                ON CONFLICT ({", ".join(ident(k) for k in spec.primary_key)}) DO UPDATE
-                SET {assignments}, as_of = EXCLUDED.as_of
-                WHERE {live}.as_of < EXCLUDED.as_of
-                   OR ({live}.as_of = EXCLUDED.as_of
-                       AND ROW({live_values}) IS DISTINCT FROM ROW({new_values}))
-                RETURNING (xmax = 0) AS inserted
+    values = [ident(c.name) for c in spec.columns if c.name not in spec.primary_key]
+    ddl = ", ".join([*(column_ddl(c) for c in spec.columns), "as_of date NOT NULL"])
+    params = {"as_of": as_of}
+    with engine.begin() as conn:
+        counts = conn.execute(
+            sa.text(
+                f"""
+                SELECT count(*) FILTER (WHERE l.user_id IS NULL),
+                       count(*) FILTER (WHERE l.as_of < :as_of OR (l.as_of = :as_of AND
+                           ROW({", ".join(f"l.{v}" for v in values)})
+                           IS DISTINCT FROM ROW({", ".join(f"m.{v}" for v in values)}))),
+                       count(*) FILTER (WHERE l.as_of > :as_of),
+                       count(*)
+                FROM {month} AS m LEFT JOIN {live} AS l USING (user_id)"""
+            ),
+            params,
+        ).one()
+        conn.execute(sa.text(f"CREATE TABLE {nxt} ({ddl})"))
+        live_rows = conn.execute(
+            sa.text(
+                f"""
+                INSERT INTO {nxt} ({", ".join(columns)}, as_of)
+                SELECT {", ".join(f"l.{c}" for c in columns)}, l.as_of
+                FROM {live} AS l LEFT JOIN {month} AS m USING (user_id)
+                WHERE m.user_id IS NULL OR l.as_of > :as_of
+                UNION ALL
+                SELECT {", ".join(f"m.{c}" for c in columns)}, :as_of
+                FROM {month} AS m LEFT JOIN {live} AS l USING (user_id)
+                WHERE l.user_id IS NULL OR l.as_of <= :as_of"""
+            ),
+            params,
+        ).rowcount
+        keys = ", ".join(ident(k) for k in spec.primary_key)
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE {nxt} ADD CONSTRAINT {ident(_next_name(typed) + '_pkey')} "
+                f"PRIMARY KEY ({keys})"
             )
-            SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
-            FROM upserted
-            """
-        ),
-        {"as_of": as_of},
-    ).one()
-    return {"inserted": counts[0], "updated": counts[1], "skipped_as_older": older}
+        )
+    inserted, updated, older, staged = counts
+    return PublishedTable(
+        spec,
+        month_table="",
+        inserted=inserted,
+        updated=updated,
+        unchanged=staged - inserted - updated - older,
+        skipped_as_older=older,
+        live_rows=live_rows,
+    )
+
+
+def _swap(conn: sa.Connection, spec: TableSpec, typed: str, target: str) -> None:
+    """Inside the publish transaction: make the staged tables the month record and live table."""
+    live = ident(spec.name)
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {ident(DROPS_SCHEMA, target)}"))
+    conn.execute(sa.text(f"ALTER TABLE {ident(STAGING_SCHEMA, typed)} RENAME TO {ident(target)}"))
+    conn.execute(
+        sa.text(f"ALTER TABLE {ident(STAGING_SCHEMA, target)} SET SCHEMA {ident(DROPS_SCHEMA)}")
+    )
+    conn.execute(sa.text(f"DROP TABLE {live}"))
+    nxt = _next_name(typed)
+    conn.execute(sa.text(f"ALTER TABLE {ident(STAGING_SCHEMA, nxt)} SET SCHEMA public"))
+    conn.execute(sa.text(f"ALTER TABLE {ident(nxt)} RENAME TO {live}"))
+    key, live_key = ident(nxt + "_pkey"), ident(spec.name + "_pkey")
+    conn.execute(sa.text(f"ALTER TABLE {live} RENAME CONSTRAINT {key} TO {live_key}"))
+
+
+@contextlib.contextmanager
+def _publish_locks(engine: Engine, specs: Sequence[TableSpec]) -> Iterator[None]:
+    """Every live table's publish lock, taken in the specs' fixed order (no deadlock)."""
+    with contextlib.ExitStack() as stack:
+        for spec in specs:
+            stack.enter_context(advisory_lock(engine, f"publish:{spec.name}"))
+        yield
+
+
+def publish_drop(
+    engine: Engine, staged: Sequence[tuple[TableSpec, str]], partition: str, as_of: date
+) -> dict[str, PublishedTable]:
+    """Publish validated staging tables (spec, typed table) of one month, all or nothing."""
+    specs = [spec for spec, _ in staged]
+    with _publish_locks(engine, specs):
+        try:
+            with ThreadPoolExecutor(BUILD_THREADS) as pool:
+                built = list(
+                    pool.map(lambda item: _build_next(engine, item[0], item[1], as_of), staged)
+                )
+            with engine.begin() as conn:
+                for (spec, typed), table in zip(staged, built, strict=True):
+                    table.month_table = month_table(spec, partition)
+                    _swap(conn, spec, typed, table.month_table)
+        except BaseException:
+            with engine.begin() as conn:
+                for _, typed in staged:
+                    conn.execute(
+                        sa.text(f"DROP TABLE IF EXISTS {ident(STAGING_SCHEMA, _next_name(typed))}")
+                    )
+            raise
+    return {table.spec.name: table for table in built}
