@@ -8,18 +8,25 @@ so the tests never touch the developer's `.streamflow` server.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dagster as dg
+import pandas as pd
 import psycopg
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from streamflow_assets.db import libpq_url
+from streamflow_assets.db import get_engine, libpq_url
+from streamflow_assets.definitions import defs
 from streamflow_assets.embedded import ensure_server, running_server, stop_server
+from streamflow_assets.generator import generate_drops
 from streamflow_assets.settings import Settings, parse_database_url
+from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA
 
 TEST_URL_VAR = "STREAMFLOW_TEST_DATABASE_URL"
 
@@ -89,3 +96,118 @@ def project_env(
 @pytest.fixture
 def settings(project_env: dict[str, str]) -> Settings:
     return Settings.from_env()
+
+
+# ---- warehouses: a database and a drops folder to run the asset graph on --------------------
+
+SEED_USERS = 300
+
+
+@pytest.fixture(scope="module")
+def seed_drops(tmp_path_factory) -> Path:
+    """Three months of a changing subscriber base (signups and leavers)."""
+    out = tmp_path_factory.mktemp("seed_drops")
+    generate_drops(out, users=SEED_USERS, months=3, seed=21, dynamic=True)
+    return out
+
+
+class Warehouse:
+    """One test's database and drops folder, and ways to run the graph on them."""
+
+    def __init__(self, url: URL, drops: Path, monkeypatch: pytest.MonkeyPatch):
+        self.url = url
+        self.drops = drops
+        monkeypatch.setenv("STREAMFLOW_DATABASE_URL", libpq_url(url))
+        monkeypatch.setenv("STREAMFLOW_DROPS_DIR", str(drops))
+        monkeypatch.setenv("STREAMFLOW_FIRST_MONTH", "2024-01")
+        self.engine = get_engine(Settings.from_env())
+
+    def materialize(self, partition: str, selection: str = "*") -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            defs.assets,
+            partition_key=partition,
+            selection=selection,
+            resources=defs.resources,
+            raise_on_error=False,
+        )
+
+    def load(self, *partitions: str) -> None:
+        for partition in partitions:
+            result = self.materialize(partition)
+            assert result.success, failure_text(result)
+
+    def state(self) -> dict[str, list[tuple]]:
+        """Every row of every live, month and snapshot table (staging must be empty)."""
+        with self.engine.connect() as conn:
+            tables = conn.execute(
+                sa.text(
+                    "SELECT schemaname, tablename FROM pg_tables "
+                    "WHERE schemaname IN ('public', :drops, :staging) ORDER BY 1, 2"
+                ),
+                {"drops": DROPS_SCHEMA, "staging": STAGING_SCHEMA},
+            ).all()
+            state = {}
+            for schema, table in tables:
+                rows = conn.execute(sa.text(f'SELECT * FROM "{schema}"."{table}"')).all()
+                state[f"{schema}.{table}"] = sorted(tuple(map(str, r)) for r in rows)
+        return state
+
+    def frame(self, query: str, **params) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.text(query), conn, params=params)
+
+
+def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dg.AssetMaterialization:
+    return next(
+        event.materialization
+        for event in result.get_asset_materialization_events()
+        if event.materialization.asset_key.path == [asset]
+    )
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    texts = []
+    for event in result.get_step_failure_events():
+        error = event.event_specific_data.error
+        while error is not None:
+            texts.append(error.message)
+            error = error.cause
+    return "\n".join(texts)
+
+
+@pytest.fixture
+def new_warehouse(
+    server_url: URL, seed_drops: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Warehouse]]:
+    """Make warehouses: an empty database (or a copy of one) and a copy of the seed drops."""
+    made: list[Warehouse] = []
+
+    def make(template: URL | None = None) -> Warehouse:
+        drops = tmp_path / f"drops{len(made)}"
+        shutil.copytree(seed_drops, drops)
+        url = create_database(server_url, template.database if template else None)
+        made.append(Warehouse(url, drops, monkeypatch))
+        return made[-1]
+
+    yield make
+    for warehouse in made:
+        warehouse.engine.dispose()
+        drop_database(server_url, warehouse.url)
+
+
+@pytest.fixture(scope="module")
+def january(server_url: URL, seed_drops: Path) -> Iterator[URL]:
+    """A database holding January, loaded once: a template for the bad-input tests."""
+    url = create_database(server_url)
+    with pytest.MonkeyPatch.context() as patch:
+        warehouse = Warehouse(url, seed_drops, patch)
+        warehouse.load("2024-01")
+        warehouse.engine.dispose()
+    yield url
+    drop_database(server_url, url)
+
+
+def read_month(drops: Path, month: int, table: str) -> pd.DataFrame:
+    return pd.read_csv(
+        drops / f"month_{month:03d}" / f"{table}.csv", dtype=str, keep_default_na=False
+    )

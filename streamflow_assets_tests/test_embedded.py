@@ -114,7 +114,7 @@ def test_stop_stops_the_server(home):
     assert "no embedded PostgreSQL is running" in again.stdout
 
 
-def test_run_on_a_fresh_folder_writes_a_sample_and_reaches_the_database(home):
+def test_run_on_a_fresh_folder_writes_a_sample_and_loads_every_month(home):
     work = home.parent / "project"
     work.mkdir()
     result = streamflow(home, "run", cwd=work)
@@ -126,4 +126,8 @@ def test_run_on_a_fresh_folder_writes_a_sample_and_reaches_the_database(home):
         "month_002",
     ]
     assert "database: postgresql://postgres@/streamflow?host=" in result.stdout
-    assert "dagster definitions:" in result.stdout
+    assert "2024-01 (month_000): 7,000 users, 11 assets" in result.stdout
+    assert "2024-03 (month_002):" in result.stdout
+    with psycopg.connect(url_of(home)) as conn:
+        months = conn.execute("SELECT DISTINCT as_of FROM labels_snapshots ORDER BY 1").fetchall()
+    assert [str(m[0]) for m in months] == ["2024-01-31", "2024-02-29", "2024-03-31"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from streamflow_assets.table_specs import USERS, TableSpec
@@ -225,7 +226,10 @@ class Validator:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "You are using a generic SQLDatasource")
                 self._sql = self._context.data_sources.add_sql(
-                    "streamflow", connection_string=self._url.render_as_string(hide_password=False)
+                    "streamflow",
+                    connection_string=self._url.render_as_string(hide_password=False),
+                    # No idle connections left behind once a validation is done.
+                    kwargs={"poolclass": sa.pool.NullPool},
                 )
         return self._sql
 
@@ -269,14 +273,21 @@ class Validator:
         failed = [r.expectation_config.to_domain_obj() for r in quick if not r.success]
         if not failed:
             return quick
-        details = batch.validate(
-            gx.ExpectationSuite(name=f"{name} details", expectations=failed),
-            result_format={
-                "result_format": "SUMMARY",
-                "unexpected_index_column_names": ["user_id"],
-                "partial_unexpected_count": SAMPLE_SIZE,
-            },
-        ).results
+        # Custom-query expectations list their rows only in COMPLETE; the others would list
+        # every unexpected value there, so they report a sample (SUMMARY).
+        queries = [e for e in failed if isinstance(e, gxe.UnexpectedRowsExpectation)]
+        columns = [e for e in failed if not isinstance(e, gxe.UnexpectedRowsExpectation)]
+        details = []
+        for expectations, result_format in ((queries, "COMPLETE"), (columns, "SUMMARY")):
+            if expectations:
+                details += batch.validate(
+                    gx.ExpectationSuite(name=f"{name} {result_format}", expectations=expectations),
+                    result_format={
+                        "result_format": result_format,
+                        "unexpected_index_column_names": ["user_id"],
+                        "partial_unexpected_count": SAMPLE_SIZE,
+                    },
+                ).results
         return [r for r in quick if r.success] + details
 
 
