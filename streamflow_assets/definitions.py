@@ -4,9 +4,12 @@ import dagster as dg
 
 from streamflow_assets.ingestion.assets import ingest_monthly_drop
 from streamflow_assets.resources import StreamflowDatabase
-from streamflow_assets.snapshots import snapshot_assets
+from streamflow_assets.snapshots import snapshot_monthly_drop
 
 defs = dg.Definitions(
-    assets=[ingest_monthly_drop, *snapshot_assets],
+    assets=[ingest_monthly_drop, snapshot_monthly_drop],
     resources={"database": StreamflowDatabase()},
+    # The work happens inside PostgreSQL; a process per step would cost more than the step
+    # (a month of 2,000 users: 32 s with the multiprocess executor, 3 s in process).
+    executor=dg.in_process_executor,
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import uuid
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -24,6 +25,8 @@ from streamflow_assets.table_specs import Column, SqlType, TableSpec
 
 DROPS_SCHEMA = "drops"
 STAGING_SCHEMA = "streamflow_staging"
+SNAPSHOT_MONTHS_SCHEMA = "snapshot_months"
+"""The monthly partitions of the snapshot tables."""
 
 PG_TYPES: dict[SqlType, str] = {
     "TEXT": "text",
@@ -51,11 +54,21 @@ def literal(value: object) -> str:
     )
 
 
-def month_table(spec: TableSpec, partition: str) -> str:
-    """The name (in DROPS_SCHEMA) of a month's validated drop of a table."""
+def month_name(base: str, partition: str) -> str:
+    """`<base>_<YYYY_MM>`: the name of a table's month."""
     if not _PARTITION_RE.match(partition):
         raise ValueError(f"not a monthly partition key: {partition!r}")
-    return f"{spec.name}_{partition.replace('-', '_')}"
+    return f"{base}_{partition.replace('-', '_')}"
+
+
+def month_table(spec: TableSpec, partition: str) -> str:
+    """The name (in DROPS_SCHEMA) of a month's validated drop of a table."""
+    return month_name(spec.name, partition)
+
+
+def staging_name(base: str, partition: str, kind: str) -> str:
+    """A run's own staging table: concurrent or killed runs never share one."""
+    return f"{month_name(base, partition)}_{kind}_{uuid.uuid4().hex[:8]}"
 
 
 def column_ddl(column: Column, *, enforce_not_null: bool = True) -> str:
@@ -81,7 +94,7 @@ def snapshot_table_ddl(spec: TableSpec) -> str:
     event_timestamp timestamptz NOT NULL,
     {columns},
     PRIMARY KEY (user_id, as_of)
-)"""
+) PARTITION BY LIST (as_of)"""
 
 
 def ensure_tables(engine: Engine, *ddl: str) -> None:
@@ -89,7 +102,7 @@ def ensure_tables(engine: Engine, *ddl: str) -> None:
     with engine.begin() as conn:
         # Runs of different partitions may create the same tables at once.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('streamflow:ddl'))"))
-        for schema in (DROPS_SCHEMA, STAGING_SCHEMA):
+        for schema in (DROPS_SCHEMA, STAGING_SCHEMA, SNAPSHOT_MONTHS_SCHEMA):
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}"))
         for statement in ddl:
             conn.execute(sa.text(statement))
@@ -101,6 +114,26 @@ def table_exists(conn: Connection, schema: str, name: str) -> bool:
         {"qualified": ident(schema, name)},
     )
     return bool(found.scalar_one())
+
+
+def drop_stale_staging(engine: Engine, base: str, partition: str) -> int:
+    """Drop staging tables left by killed runs of a partition (the caller holds its lock)."""
+    prefix = month_name(base, partition) + "_"
+    with engine.begin() as conn:
+        stale = (
+            conn.execute(
+                sa.text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = :schema "
+                    "AND starts_with(tablename, :prefix)"
+                ),
+                {"schema": STAGING_SCHEMA, "prefix": prefix},
+            )
+            .scalars()
+            .all()
+        )
+        for name in stale:
+            conn.execute(sa.text(f"DROP TABLE {ident(STAGING_SCHEMA, name)}"))
+    return len(stale)
 
 
 @contextlib.contextmanager

@@ -25,9 +25,8 @@ from streamflow_assets.ingestion.drops import (
     drop_staging_table,
     open_drop_file,
     stage_raw,
-    staging_table_name,
 )
-from streamflow_assets.ingestion.publish import cast_staged, drop_stale_staging, publish_drop
+from streamflow_assets.ingestion.publish import cast_staged, publish_drop
 from streamflow_assets.ingestion.validation import (
     ALL_USERS_PRESENT,
     ALLOWED_VALUES,
@@ -54,11 +53,13 @@ from streamflow_assets.table_specs import TABLES, USERS, TableSpec
 from streamflow_assets.warehouse import (
     DROPS_SCHEMA,
     STAGING_SCHEMA,
+    drop_stale_staging,
     ensure_tables,
     ident,
     live_table_ddl,
     month_table,
     partition_lock,
+    staging_name,
     table_exists,
 )
 
@@ -143,7 +144,7 @@ def validate_file(
     if staged.blocked:
         return staged
 
-    staged.typed = staging_table_name(spec, partition, "typed")
+    staged.typed = staging_name(spec.name, partition, "typed")
     with staged.timed("cast"):
         cast_staged(engine, spec, staged.raw, staged.typed)
     suites = {
@@ -304,5 +305,5 @@ def ingest_monthly_drop(context: dg.AssetExecutionContext, database: StreamflowD
     with partition_lock(engine, "ingestion", context.partition_key):
         ensure_tables(engine, *(live_table_ddl(spec) for spec in selected))
         for spec in selected:
-            drop_stale_staging(engine, spec, context.partition_key)
+            drop_stale_staging(engine, spec.name, context.partition_key)
         yield from ingest_drop(context, settings, engine)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.partitions import drop_folder
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import DROP_FILES, TableSpec
-from streamflow_assets.warehouse import STAGING_SCHEMA, ident
+from streamflow_assets.warehouse import STAGING_SCHEMA, ident, staging_name
 
 _CHUNK = 1 << 20
 
@@ -61,18 +60,13 @@ def open_drop_file(settings: Settings, spec: TableSpec, partition: str) -> DropF
     return DropFile(spec, partition, path, header, data_rows=lines - 1)
 
 
-def staging_table_name(spec: TableSpec, partition: str, kind: str) -> str:
-    """A run's own staging table: concurrent runs never share one."""
-    return f"{spec.name}_{partition.replace('-', '_')}_{kind}_{uuid.uuid4().hex[:8]}"
-
-
 def stage_raw(engine: Engine, drop: DropFile) -> str:
     """COPY the file into a new table of TEXT columns (every spec column; absent ones stay NULL).
 
     Values are staged as text so that a value that does not parse is reported by validation,
     with its user_id, instead of aborting the COPY.
     """
-    name = staging_table_name(drop.spec, drop.partition, "raw")
+    name = staging_name(drop.spec.name, drop.partition, "raw")
     columns = ", ".join(f"{ident(c.name)} text" for c in drop.spec.columns)
     # The header was checked against the spec before staging: these are spec column names.
     file_columns = ", ".join(ident(drop.spec.column(h).name) for h in drop.header)

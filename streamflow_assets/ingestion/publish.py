@@ -45,23 +45,6 @@ class PublishedTable:
     live_rows: int
 
 
-def drop_stale_staging(engine: Engine, spec: TableSpec, partition: str) -> int:
-    """Drop staging tables left by killed runs of this partition (the caller holds its lock)."""
-    prefix = f"{spec.name}_{partition.replace('-', '_')}_"
-    with engine.begin() as conn:
-        names = conn.execute(
-            sa.text(
-                "SELECT tablename FROM pg_tables WHERE schemaname = :schema "
-                "AND starts_with(tablename, :prefix)"
-            ),
-            {"schema": STAGING_SCHEMA, "prefix": prefix},
-        ).scalars()
-        stale = list(names)
-        for name in stale:
-            conn.execute(sa.text(f"DROP TABLE {ident(STAGING_SCHEMA, name)}"))
-    return len(stale)
-
-
 def cast_staged(engine: Engine, spec: TableSpec, raw: str, typed: str) -> None:
     """Copy the raw TEXT staging table into a table of the spec's SQL types."""
     casts = ", ".join(
