@@ -117,6 +117,27 @@ def db_status() -> None:
     click.echo(f"{libpq_url(engine.url)} answers: PostgreSQL {version}")
 
 
+@main.group()
+def bench() -> None:
+    """Benchmarks that print numbers."""
+
+
+@bench.command("ingest")
+@click.option("--users", type=click.IntRange(min=1), default=1_000_000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--drops",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Use these drops (month_000, month_001) instead of generating them.",
+)
+@click.option("--skip-naive", is_flag=True, help="Leave out the naive method (about 4 min at 1M).")
+def bench_ingest(users, seed, drops, skip_naive) -> None:
+    """Time a month through the pipeline against plain COPY and the naive upserts."""
+    from streamflow_assets.benchmarks import bench_ingest
+
+    bench_ingest(users=users, seed=seed, drops=drops, skip_naive=skip_naive)
+
+
 @main.command()
 def run() -> None:
     """The main job: every month of the drops folder, oldest first, through the asset graph."""

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from sqlalchemy.engine import URL
 
 with warnings.catch_warnings():
@@ -34,6 +35,20 @@ DATABASE = "streamflow"
 SUPERUSER = "postgres"
 SYSTEM_USER = "pgserver"
 """Started as root, pgserver runs PostgreSQL as this system user (PostgreSQL refuses root)."""
+
+SERVER_SETTINGS = {
+    # Tables created and filled in one transaction (staging casts, live-table rebuilds, snapshot
+    # months) then skip the WAL. The price: no streaming replication or point-in-time recovery
+    # from this server, which a local embedded database does not offer anyway.
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    # Bulk loads of a million rows otherwise trigger checkpoint after checkpoint.
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "shared_buffers": "512MB",
+    "maintenance_work_mem": "256MB",
+}
+"""Set once, when the embedded server is created; an external server keeps its own settings."""
 
 
 class EmbeddedServerError(RuntimeError):
@@ -96,7 +111,31 @@ def _start(home: Path) -> PostmasterInfo:
             f"Server log {log}:\n{tail}\nSet {HOME_VAR} to another folder, or set "
             "STREAMFLOW_DATABASE_URL to use an existing PostgreSQL."
         ) from exc
-    return server.get_postmaster_info()
+    info = server.get_postmaster_info()
+    return _tune(home, info)
+
+
+def _tune(home: Path, info: PostmasterInfo) -> PostmasterInfo:
+    """Apply SERVER_SETTINGS to a new server (a restart is needed for most of them)."""
+    conninfo = psycopg.conninfo.make_conninfo(
+        host=str(info.socket_dir), port=info.port, user=SUPERUSER, dbname="postgres"
+    )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        current = dict(conn.execute("SELECT name, setting FROM pg_settings").fetchall())
+        if current["wal_level"] == SERVER_SETTINGS["wal_level"]:
+            return info
+        for name, value in SERVER_SETTINGS.items():
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), value))
+    # pg_ctl restart starts the server again with pgserver's options (saved in postmaster.opts).
+    pgserver.pg_ctl(
+        ["-w", "-l", str(pgdata_dir(home) / "log"), "restart"],
+        pgdata=pgdata_dir(home),
+        user=SYSTEM_USER if _is_root() else None,
+    )
+    restarted = running_server(home)
+    if restarted is None:
+        raise EmbeddedServerError(f"the embedded PostgreSQL under {home} did not restart")
+    return restarted
 
 
 def _is_root() -> bool:

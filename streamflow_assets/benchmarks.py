@@ -1,0 +1,172 @@
+"""Benchmarks that print numbers (timing goals live here, never in tests).
+
+`streamflow bench ingest` generates monthly drops, creates a scratch database on the configured
+server (STREAMFLOW_DATABASE_URL, or the embedded PostgreSQL), and times in the same run:
+- plain COPY of the six files into unindexed tables: the floor;
+- the pipeline: a whole month through the asset graph (staging, validation, publish, snapshots)
+  for the first month, the next month on top of it, and the first month re-run;
+- the naive method for the six upserts alone: pandas read_csv -> to_sql into a temporary table ->
+  INSERT ... ON CONFLICT DO UPDATE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from streamflow_assets.db import database_url, libpq_url
+from streamflow_assets.generator import generate_drops
+from streamflow_assets.partitions import partition_key
+from streamflow_assets.settings import Settings, add_months
+from streamflow_assets.table_specs import TABLES
+from streamflow_assets.warehouse import PG_TYPES, column_ddl, ident
+
+
+@contextlib.contextmanager
+def scratch_database(server: URL) -> Iterator[URL]:
+    name = f"streamflow_bench_{uuid.uuid4().hex[:8]}"
+    admin = libpq_url(server)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(database=name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def plain_copy(url: URL, folder: Path) -> float:
+    """COPY the six files into unindexed TEXT tables."""
+    started = time.perf_counter()
+    with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur:
+        for spec in TABLES:
+            columns = ", ".join(f"{ident(c.name)} text" for c in spec.columns)
+            cur.execute(f"CREATE TABLE {ident('copy_' + spec.name)} ({columns})")
+            with (
+                cur.copy(
+                    f"COPY {ident('copy_' + spec.name)} FROM STDIN (FORMAT csv, HEADER)"
+                ) as cp,
+                open(folder / spec.file_name, "rb") as f,
+            ):
+                while chunk := f.read(1 << 20):
+                    cp.write(chunk)
+        conn.commit()
+    return time.perf_counter() - started
+
+
+def naive_upserts(url: URL, folder: Path) -> float:
+    """pandas read_csv -> to_sql into a temporary table -> INSERT ... ON CONFLICT DO UPDATE."""
+    engine = sa.create_engine(url)
+    started = time.perf_counter()
+    for spec in TABLES:
+        target = ident("naive_" + spec.name)
+        columns = [ident(c.name) for c in spec.columns]
+        with engine.begin() as conn:
+            ddl = ", ".join(column_ddl(c) for c in spec.columns)
+            conn.execute(
+                sa.text(f"CREATE TABLE IF NOT EXISTS {target} ({ddl}, PRIMARY KEY (user_id))")
+            )
+        frame = pd.read_csv(folder / spec.file_name)
+        with engine.begin() as conn:
+            frame.to_sql("naive_stage", conn, if_exists="replace", index=False)
+            casts = ", ".join(
+                f"{c}::{PG_TYPES[col.sql_type]}"
+                for c, col in zip(columns, spec.columns, strict=True)
+            )
+            updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[1:])
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {target} ({', '.join(columns)}) SELECT {casts} FROM naive_stage "
+                    f"ON CONFLICT (user_id) DO UPDATE SET {updates}"
+                )
+            )
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def pipeline_month(partition: str) -> tuple[float, dict[str, float]]:
+    """One whole month through the asset graph; seconds in all and per ingestion phase."""
+    from streamflow_assets.definitions import defs
+
+    started = time.perf_counter()
+    result = dg.materialize(
+        defs.assets,
+        partition_key=partition,
+        resources=defs.resources,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+    )
+    seconds = time.perf_counter() - started
+    if not result.success:
+        raise RuntimeError(f"the pipeline failed on {partition}")
+    phases: dict[str, float] = {}
+    snapshots = 0.0
+    for event in result.get_asset_materialization_events():
+        metadata = event.materialization.metadata
+        if "seconds by phase" in metadata:
+            for phase, value in metadata["seconds by phase"].value.items():
+                if phase.endswith("(all files)"):
+                    phases[phase] = value
+                else:  # files are validated two at a time: these sums overlap in time
+                    key = f"{phase}, summed over files"
+                    phases[key] = phases.get(key, 0.0) + value
+        elif "seconds" in metadata:
+            snapshots = max(snapshots, metadata["seconds"].value)
+    phases["snapshots (slowest table)"] = snapshots
+    return seconds, phases
+
+
+def bench_ingest(users: int, seed: int, drops: Path | None, skip_naive: bool) -> None:
+    settings = Settings.from_env()
+    server = database_url(settings)
+    with contextlib.ExitStack() as stack:
+        if drops is None:
+            drops = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-")))
+            started = time.perf_counter()
+            generate_drops(
+                drops, users=users, months=2, seed=seed, first_month=settings.first_month
+            )
+            print(f"generated 2 months of {users:,} users in {time.perf_counter() - started:.1f} s")
+        url = stack.enter_context(scratch_database(server))
+        with psycopg.connect(libpq_url(url)) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+        where = "embedded" if settings.database_url is None else "STREAMFLOW_DATABASE_URL"
+        print(f"server: PostgreSQL {version} ({where}); scratch database {url.database}")
+        os.environ["STREAMFLOW_DATABASE_URL"] = libpq_url(url)
+        os.environ["STREAMFLOW_DROPS_DIR"] = str(drops)
+        first = partition_key(settings.first_month)
+        second = partition_key(add_months(settings.first_month, 1))
+
+        rows = []
+        copy_seconds = plain_copy(url, drops / "month_000")
+        rows.append(("plain COPY of the six files, unindexed", copy_seconds, {}))
+        for label, partition in (
+            (f"pipeline {first}: first month, whole graph", first),
+            (f"pipeline {second}: next month on top", second),
+            (f"pipeline {first} again: old month re-run", first),
+        ):
+            seconds, phases = pipeline_month(partition)
+            rows.append((label, seconds, phases))
+        naive = None
+        if not skip_naive:
+            naive = naive_upserts(url, drops / "month_000")
+            rows.append(("naive: read_csv -> to_sql -> ON CONFLICT, six upserts", naive, {}))
+
+    print(f"\n{'':55s} {'seconds':>8s}")
+    for label, seconds, phases in rows:
+        print(f"{label:55s} {seconds:8.1f}")
+        for phase, value in phases.items():
+            print(f"    {phase:51s} {value:8.1f}")
+    if naive:
+        print(f"\nfirst month, whole graph vs naive six upserts: {naive / rows[1][1]:.1f}x faster")
