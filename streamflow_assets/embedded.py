@@ -16,8 +16,8 @@ import subprocess
 import warnings
 from pathlib import Path
 
+import fasteners
 import psycopg
-from psycopg import sql
 from sqlalchemy.engine import URL
 
 with warnings.catch_warnings():
@@ -27,7 +27,7 @@ with warnings.catch_warnings():
     import pgserver
     from pgserver import PostgresServer
     from pgserver._commands import POSTGRES_BIN_PATH
-    from pgserver.utils import PostmasterInfo
+    from pgserver.utils import PostmasterInfo, ensure_user_exists
 
 from streamflow_assets.settings import HOME_VAR, SettingsError
 
@@ -48,7 +48,8 @@ SERVER_SETTINGS = {
     "shared_buffers": "512MB",
     "maintenance_work_mem": "256MB",
 }
-"""Set once, when the embedded server is created; an external server keeps its own settings."""
+"""Written to postgresql.conf when the embedded server is created; an external server keeps
+its own settings."""
 
 
 class EmbeddedServerError(RuntimeError):
@@ -99,10 +100,17 @@ def _start(home: Path) -> PostmasterInfo:
     if _is_root():
         _check_traversable(home, HOME_VAR)
         _check_traversable(POSTGRES_BIN_PATH, None)
-    pgdata_dir(home).mkdir(exist_ok=True)
+    pgdata = pgdata_dir(home)
+    pgdata.mkdir(exist_ok=True)
     try:
-        # cleanup_mode=None: the server outlives this process, later processes attach to it.
-        server = PostgresServer(pgdata_dir(home), cleanup_mode=None)
+        # Processes starting at once: one creates and starts the server, the others attach.
+        with fasteners.InterProcessLock(home / ".start.lock"):
+            if (info := running_server(home)) is not None:
+                return info
+            if not (pgdata / "PG_VERSION").exists():
+                _init_pgdata(pgdata)
+            # cleanup_mode=None: the server outlives this process, later processes attach to it.
+            server = PostgresServer(pgdata, cleanup_mode=None)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         log = pgdata_dir(home) / "log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -111,31 +119,24 @@ def _start(home: Path) -> PostmasterInfo:
             f"Server log {log}:\n{tail}\nSet {HOME_VAR} to another folder, or set "
             "STREAMFLOW_DATABASE_URL to use an existing PostgreSQL."
         ) from exc
-    info = server.get_postmaster_info()
-    return _tune(home, info)
+    return server.get_postmaster_info()
 
 
-def _tune(home: Path, info: PostmasterInfo) -> PostmasterInfo:
-    """Apply SERVER_SETTINGS to a new server (a restart is needed for most of them)."""
-    conninfo = psycopg.conninfo.make_conninfo(
-        host=str(info.socket_dir), port=info.port, user=SUPERUSER, dbname="postgres"
+def _init_pgdata(pgdata: Path) -> None:
+    """initdb as pgserver does it, plus SERVER_SETTINGS, before the server first starts."""
+    user = None
+    if _is_root():
+        entry = ensure_user_exists(SYSTEM_USER)
+        os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+        user = SYSTEM_USER
+    pgserver.initdb(
+        ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", SUPERUSER],
+        pgdata=pgdata,
+        user=user,
     )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        current = dict(conn.execute("SELECT name, setting FROM pg_settings").fetchall())
-        if current["wal_level"] == SERVER_SETTINGS["wal_level"]:
-            return info
-        for name, value in SERVER_SETTINGS.items():
-            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), value))
-    # pg_ctl restart starts the server again with pgserver's options (saved in postmaster.opts).
-    pgserver.pg_ctl(
-        ["-w", "-l", str(pgdata_dir(home) / "log"), "restart"],
-        pgdata=pgdata_dir(home),
-        user=SYSTEM_USER if _is_root() else None,
-    )
-    restarted = running_server(home)
-    if restarted is None:
-        raise EmbeddedServerError(f"the embedded PostgreSQL under {home} did not restart")
-    return restarted
+    with open(pgdata / "postgresql.conf", "a") as conf:
+        conf.write("\n# streamflow: settings for bulk loads (streamflow_assets/embedded.py)\n")
+        conf.writelines(f"{name} = '{value}'\n" for name, value in SERVER_SETTINGS.items())
 
 
 def _is_root() -> bool:

@@ -66,6 +66,8 @@ def test_first_use_starts_a_server_with_the_streamflow_database(home):
     assert running_server(home) is not None
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("streamflow",)
+        # Created with the project's bulk-load settings from its first start.
+        assert conn.execute("SHOW wal_level").fetchone() == ("minimal",)
 
 
 def test_a_second_process_attaches_to_the_running_server(home):

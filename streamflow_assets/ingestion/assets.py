@@ -106,14 +106,8 @@ def _previous_rows(engine: Engine, spec: TableSpec, partition: str) -> int | Non
         return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
 
 
-def validate_file(
-    settings: Settings,
-    engine: Engine,
-    spec: TableSpec,
-    partition: str,
-    users: tuple[str, str] | None,
-) -> StagedFile:
-    """Stage one file and run its checks, stopping at the first check group that fails."""
+def stage_file(settings: Settings, engine: Engine, spec: TableSpec, partition: str) -> StagedFile:
+    """Phase 1: read, stage and parse-check one file, and cast it to its SQL types."""
     staged = StagedFile(spec)
     try:
         staged.drop = open_drop_file(settings, spec, partition)
@@ -143,10 +137,19 @@ def validate_file(
     staged.reports[0].outcomes[:0] = header
     if staged.blocked:
         return staged
-
     staged.typed = staging_name(spec.name, partition, "typed")
     with staged.timed("cast"):
         cast_staged(engine, spec, staged.raw, staged.typed)
+    return staged
+
+
+def check_values(
+    engine: Engine, staged: StagedFile, partition: str, users: tuple[str, str] | None
+) -> None:
+    """Phase 2: the checks on typed values, keys and the month's users."""
+    if staged.typed is None:
+        return
+    spec = staged.spec
     suites = {
         USER_IDS: user_id_expectations(spec, users if spec.name != USERS.name else None),
         ALLOWED_VALUES: value_expectations(spec),
@@ -155,8 +158,7 @@ def validate_file(
     if spec.name != USERS.name and users is not None:
         suites[ALL_USERS_PRESENT] = coverage_expectations(users)
     with staged.timed("validate typed"):
-        staged.reports += validator.table(STAGING_SCHEMA, staged.typed, suites)
-    return staged
+        staged.reports += Validator(engine.url).table(STAGING_SCHEMA, staged.typed, suites)
 
 
 def _users_reference(
@@ -206,16 +208,13 @@ def ingest_drop(
     selected = [s for s in TABLES if dg.AssetKey(s.name) in context.selected_asset_keys]
     files: list[StagedFile] = []
     try:
-        staged_users = None
-        if selected[0].name == USERS.name:
-            staged_users = validate_file(settings, engine, USERS, partition, None)
-            files.append(staged_users)
-        users = _users_reference(engine, partition, staged_users)
-        others = [s for s in selected if s.name != USERS.name]
         with ThreadPoolExecutor(VALIDATION_THREADS) as pool:
-            files += pool.map(
-                lambda spec: validate_file(settings, engine, spec, partition, users), others
-            )
+            # Every file's own checks first; the checks against the month's users need users'
+            # typed table, and only that, so they come in a second round.
+            files = list(pool.map(lambda s: stage_file(settings, engine, s, partition), selected))
+            staged_users = next((f for f in files if f.spec.name == USERS.name), None)
+            users = _users_reference(engine, partition, staged_users)
+            list(pool.map(lambda f: check_values(engine, f, partition, users), files))
         for staged in files:
             for report in staged.reports:
                 check_key = dg.AssetCheckKey(dg.AssetKey(staged.spec.name), report.check.name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import dagster as dg
 import pandas as pd
@@ -44,6 +45,28 @@ PARSE_PATTERNS = {
 """How numbers are written in a drop."""
 BOOLEAN_SPELLINGS = ["True", "False"]
 """How booleans are written in a drop (an IN test: 10x cheaper than a regex per value)."""
+
+
+class UnexpectedRowCount(gxe.UnexpectedRowsExpectation):
+    """UnexpectedRowsExpectation that only counts the rows.
+
+    The stock expectation runs its query twice, once to fetch the rows and once to count them;
+    on the quick pass only the count matters. A failed one is asked again as the stock
+    expectation, which brings back the rows.
+    """
+
+    metric_dependencies: ClassVar[tuple[str, ...]] = ("unexpected_rows_query.row_count",)
+
+    def _validate(self, metrics: dict, runtime_configuration=None, execution_engine=None):
+        count = metrics["unexpected_rows_query.row_count"]
+        return {"success": count == 0, "result": {"observed_value": count}}
+
+    def with_rows(self) -> gxe.UnexpectedRowsExpectation:
+        return gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=self.unexpected_rows_query,
+            description=self.description,
+            meta=self.meta,
+        )
 
 
 @dataclass(frozen=True)
@@ -274,6 +297,7 @@ class Validator:
         failed = [r.expectation_config.to_domain_obj() for r in quick if not r.success]
         if not failed:
             return quick
+        failed = [e.with_rows() if isinstance(e, UnexpectedRowCount) else e for e in failed]
         # Custom-query expectations list their rows only in COMPLETE; the others would list
         # every unexpected value there, so they report a sample (SUMMARY).
         queries = [e for e in failed if isinstance(e, gxe.UnexpectedRowsExpectation)]
@@ -342,7 +366,7 @@ def parse_expectations(spec: TableSpec) -> list:
         elif col.sql_type == "DATE":
             # A real calendar day written YYYY-MM-DD: anti-join on every day of 1900..2199.
             expectations.append(
-                gxe.UnexpectedRowsExpectation(
+                UnexpectedRowCount(
                     unexpected_rows_query=f"""
                         SELECT user_id, {ident(col.name)} FROM {{batch}}
                         WHERE {ident(col.name)} IS NOT NULL AND {ident(col.name)} NOT IN (
@@ -360,7 +384,7 @@ def user_id_expectations(spec: TableSpec, users_month_table: tuple[str, str] | N
     expectations = [
         gxe.ExpectColumnValuesToNotBeNull(column="user_id", description="user_id is present"),
         # A hash aggregate: GX's own uniqueness expectation sorts the table with a window.
-        gxe.UnexpectedRowsExpectation(
+        UnexpectedRowCount(
             unexpected_rows_query="""
                 SELECT user_id, count(*) AS rows FROM {batch}
                 WHERE user_id IS NOT NULL GROUP BY user_id HAVING count(*) > 1""",
@@ -375,7 +399,7 @@ def user_id_expectations(spec: TableSpec, users_month_table: tuple[str, str] | N
     if users_month_table is not None:
         users = ident(*users_month_table)
         expectations.append(
-            gxe.UnexpectedRowsExpectation(
+            UnexpectedRowCount(
                 unexpected_rows_query=f"""
                     WITH b AS (SELECT user_id FROM {{batch}})
                     SELECT b.user_id FROM b
@@ -417,7 +441,7 @@ def value_expectations(spec: TableSpec) -> list:
         if col.null_exactly_when:
             other, value = col.null_exactly_when
             expectations.append(
-                gxe.UnexpectedRowsExpectation(
+                UnexpectedRowCount(
                     unexpected_rows_query=f"""
                         SELECT user_id, {ident(col.name)}, {ident(other)} FROM {{batch}}
                         WHERE ({ident(col.name)} IS NULL)
@@ -431,7 +455,7 @@ def value_expectations(spec: TableSpec) -> list:
 def coverage_expectations(users_month_table: tuple[str, str]) -> list:
     users = ident(*users_month_table)
     return [
-        gxe.UnexpectedRowsExpectation(
+        UnexpectedRowCount(
             unexpected_rows_query=f"""
                 WITH b AS (SELECT user_id FROM {{batch}})
                 SELECT u.user_id FROM {users} AS u
