@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import dagster as dg
 import pandas as pd
 import psycopg
 import sqlalchemy as sa
@@ -28,6 +27,7 @@ from sqlalchemy.engine import URL
 from streamflow_assets.db import database_url, libpq_url
 from streamflow_assets.generator import generate_drops
 from streamflow_assets.partitions import partition_key
+from streamflow_assets.runs import materialize_month
 from streamflow_assets.settings import Settings, add_months
 from streamflow_assets.table_specs import TABLES
 from streamflow_assets.warehouse import PG_TYPES, column_ddl, ident
@@ -97,16 +97,8 @@ def naive_upserts(url: URL, folder: Path) -> float:
 
 def pipeline_month(partition: str) -> tuple[float, dict[str, float]]:
     """One whole month through the asset graph; seconds in all and per ingestion phase."""
-    from streamflow_assets.definitions import defs
-
     started = time.perf_counter()
-    result = dg.materialize(
-        defs.assets,
-        partition_key=partition,
-        resources=defs.resources,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-    )
+    result = materialize_month(partition)
     seconds = time.perf_counter() - started
     if not result.success:
         raise RuntimeError(f"the pipeline failed on {partition}")

@@ -143,9 +143,9 @@ def run() -> None:
     """The main job: every month of the drops folder, oldest first, through the asset graph."""
     import dagster as dg
 
-    from streamflow_assets.definitions import defs
     from streamflow_assets.generator import generate_drops
     from streamflow_assets.partitions import DropFolderError, partitions_in_drops
+    from streamflow_assets.runs import materialize_month
 
     settings = _settings()
     if not any(settings.drops_dir.glob("month_*")):
@@ -174,15 +174,7 @@ def run() -> None:
     failed = []
     for partition, folder in months.items():
         started = time.perf_counter()
-        result = dg.materialize(
-            defs.assets,
-            partition_key=partition,
-            resources=defs.resources,
-            instance=instance,
-            raise_on_error=False,
-            # Failures are summed up below; the full event log is in the instance (`dagster dev`).
-            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-        )
+        result = materialize_month(partition, instance=instance)
         seconds = time.perf_counter() - started
         if result.success:
             click.echo(f"  {partition} ({folder.name}): {_summary(result)} in {seconds:.1f} s")

@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from streamflow_assets.db import get_engine, libpq_url
-from streamflow_assets.definitions import defs
 from streamflow_assets.embedded import ensure_server, running_server, stop_server
 from streamflow_assets.generator import generate_drops
+from streamflow_assets.runs import materialize_month
 from streamflow_assets.settings import Settings, parse_database_url
 from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA
 
@@ -123,13 +123,7 @@ class Warehouse:
         self.engine = get_engine(Settings.from_env())
 
     def materialize(self, partition: str, selection: str = "*") -> dg.ExecuteInProcessResult:
-        return dg.materialize(
-            defs.assets,
-            partition_key=partition,
-            selection=selection,
-            resources=defs.resources,
-            raise_on_error=False,
-        )
+        return materialize_month(partition, selection=selection)
 
     def load(self, *partitions: str) -> None:
         for partition in partitions:

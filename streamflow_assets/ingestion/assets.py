@@ -3,8 +3,8 @@
 A partition is one month's drop, written-audited-published as a whole: every selected file is
 staged with COPY and validated (the asset checks), and only when no blocking check failed are they
 all published in one transaction — each kept as the month's record (`drops.<table>_<YYYY_MM>`)
-and upserted into its live table. A bad file therefore changes no table at all, and the live
-tables never mix months because one file of a drop was rejected.
+and merged into its live table (see publish.py). A bad file therefore changes no table at all,
+and the live tables never mix months because one file of a drop was rejected.
 """
 
 import contextlib
@@ -269,7 +269,7 @@ def _asset_spec(spec: TableSpec) -> dg.AssetSpec:
         group_name="ingestion",
         kinds={"postgres", "csv"},
         description=f"Live table `{spec.name}`: {spec.description} Each month's "
-        f"`{spec.file_name}` is staged, validated and upserted with the rest of the drop; a user "
+        f"`{spec.file_name}` is staged, validated and merged in with the rest of the drop; a user "
         "keeps the values of the newest month that listed them.",
     )
 

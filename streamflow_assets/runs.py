@@ -1,0 +1,23 @@
+"""Running the asset graph for a month in this process (`streamflow run`, benchmarks, tests)."""
+
+import dagster as dg
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+"""Console logging for critical events only; the whole event log still goes to the instance."""
+
+
+def materialize_month(
+    partition: str, *, selection: str = "*", instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
+    """Materialize the selected assets of one monthly partition; failures are in the result."""
+    from streamflow_assets.definitions import defs
+
+    return dg.materialize(
+        defs.assets,
+        partition_key=partition,
+        selection=selection,
+        resources=defs.resources,
+        instance=instance,
+        raise_on_error=False,
+        run_config=QUIET,
+    )
