@@ -7,9 +7,10 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def materialize_month(
-    partition: str, *, selection: str = "*", instance: dg.DagsterInstance | None = None
+    partition: str, *, selection: str | None = None, instance: dg.DagsterInstance | None = None
 ) -> dg.ExecuteInProcessResult:
-    """Materialize the selected assets of one monthly partition; failures are in the result."""
+    """Materialize one monthly partition of every asset (or of a selection, like
+    "group:ingestion"); failures are in the result."""
     from streamflow_assets.definitions import defs
 
     return dg.materialize(

@@ -122,7 +122,9 @@ class Warehouse:
         monkeypatch.setenv("STREAMFLOW_FIRST_MONTH", "2024-01")
         self.engine = get_engine(Settings.from_env())
 
-    def materialize(self, partition: str, selection: str = "*") -> dg.ExecuteInProcessResult:
+    def materialize(
+        self, partition: str, selection: str | None = None
+    ) -> dg.ExecuteInProcessResult:
         return materialize_month(partition, selection=selection)
 
     def load(self, *partitions: str) -> None:
