@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-embedded lint db-stop clean
+.PHONY: run dev test test-embedded lint db-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -21,6 +21,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(BIN)/streamflow run
+
+# The Dagster UI on http://127.0.0.1:3000, with the runs of `make run`.
+dev: $(VENV)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/streamflow dev
 
 # Against STREAMFLOW_TEST_DATABASE_URL when set, else the embedded PostgreSQL.
 test: $(VENV)/.installed-dev lint

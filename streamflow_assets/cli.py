@@ -117,6 +117,29 @@ def db_status() -> None:
     click.echo(f"{libpq_url(engine.url)} answers: PostgreSQL {version}")
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", type=int, default=3000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.argument("dagster_args", nargs=-1, type=click.UNPROCESSED)
+def dev(port, host, dagster_args) -> None:
+    """The Dagster UI (dagster dev) on this project's settings and run history."""
+    settings = _settings()
+    os.environ.setdefault("DAGSTER_HOME", str(_dagster_home(settings)))
+    command = [
+        "dagster",
+        "dev",
+        "-m",
+        "streamflow_assets.definitions",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *dagster_args,
+    ]
+    click.echo(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}; the UI: http://{host}:{port}")
+    os.execvp(command[0], command)
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print numbers."""
