@@ -92,6 +92,20 @@ def test_materializing_twice_changes_nothing(new_warehouse):
     assert users.metadata["rows unchanged"].value == users.metadata["rows staged"].value
 
 
+def test_a_newer_month_counts_new_and_returning_users(new_warehouse):
+    warehouse = new_warehouse()
+    warehouse.load("2024-01")
+    result = warehouse.materialize("2024-02")
+    assert result.success, failure_text(result)
+    jan = set(read_month(warehouse.drops, 0, "users")["user_id"])
+    feb = set(read_month(warehouse.drops, 1, "users")["user_id"])
+    metadata = materialization(result, "users").metadata
+    assert metadata["rows inserted"].value == len(feb - jan) > 0
+    assert metadata["rows updated"].value == len(feb & jan) > 0
+    assert metadata["rows unchanged"].value == metadata["rows skipped as older"].value == 0
+    assert metadata["rows in live table"].value == len(feb | jan)
+
+
 def test_any_order_of_months_gives_the_same_tables(new_warehouse):
     oldest_first = new_warehouse()
     oldest_first.load("2024-01", "2024-02", "2024-03")

@@ -73,19 +73,26 @@ def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> Pub
     ddl = ", ".join([*(column_ddl(c) for c in spec.columns), "as_of date NOT NULL"])
     params = {"as_of": as_of}
     with engine.begin() as conn:
-        counts = conn.execute(
-            sa.text(
-                f"""
-                SELECT count(*) FILTER (WHERE l.user_id IS NULL),
-                       count(*) FILTER (WHERE l.as_of < :as_of OR (l.as_of = :as_of AND
-                           ROW({", ".join(f"l.{v}" for v in values)})
-                           IS DISTINCT FROM ROW({", ".join(f"m.{v}" for v in values)}))),
-                       count(*) FILTER (WHERE l.as_of > :as_of),
-                       count(*)
-                FROM {month} AS m LEFT JOIN {live} AS l USING (user_id)"""
-            ),
-            params,
+        live_before, newest = conn.execute(
+            sa.text(f"SELECT count(*), max(as_of) FROM {live}")
         ).one()
+        staged = conn.execute(sa.text(f"SELECT count(*) FROM {month}")).scalar_one()
+        # A month newer than every live row replaces each row it has: the counts follow from row
+        # counts. Only a re-run or an older month needs the comparison join.
+        compare = newest is not None and newest >= as_of
+        if compare:
+            inserted, updated, older = conn.execute(
+                sa.text(
+                    f"""
+                    SELECT count(*) FILTER (WHERE l.user_id IS NULL),
+                           count(*) FILTER (WHERE l.as_of < :as_of OR (l.as_of = :as_of AND
+                               ROW({", ".join(f"l.{v}" for v in values)})
+                               IS DISTINCT FROM ROW({", ".join(f"m.{v}" for v in values)}))),
+                           count(*) FILTER (WHERE l.as_of > :as_of)
+                    FROM {month} AS m LEFT JOIN {live} AS l USING (user_id)"""
+                ),
+                params,
+            ).one()
         conn.execute(sa.text(f"CREATE TABLE {nxt} ({ddl})"))
         live_rows = conn.execute(
             sa.text(
@@ -108,7 +115,9 @@ def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> Pub
                 f"PRIMARY KEY ({keys})"
             )
         )
-    inserted, updated, older, staged = counts
+    if not compare:
+        inserted, older = live_rows - live_before, 0
+        updated = staged - inserted
     return PublishedTable(
         spec,
         month_table="",
