@@ -29,6 +29,7 @@ from streamflow_assets.warehouse import (
     month_name,
     month_table,
     partition_lock,
+    preview,
     snapshot_table_ddl,
     staging_name,
     table_exists,
@@ -87,9 +88,12 @@ def build_snapshot(engine: Engine, spec: TableSpec, partition: str) -> dict:
                 f"{ident(SNAPSHOT_MONTHS_SCHEMA, part)} FOR VALUES IN ({_date_literal(partition)})"
             )
         )
+        partition_table = ident(SNAPSHOT_MONTHS_SCHEMA, part)
+        first_rows = preview(conn, partition_table)
     return {
         "as_of": str(as_of(partition)),
         "rows": rows,
+        "preview": first_rows,
         "source": f"{DROPS_SCHEMA}.{source}",
         "partition table": f"{SNAPSHOT_MONTHS_SCHEMA}.{part}",
         "seconds": round(time.perf_counter() - started, 2),

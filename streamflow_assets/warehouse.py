@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import Iterator
 
+import dagster as dg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
@@ -114,6 +115,13 @@ def table_exists(conn: Connection, schema: str, name: str) -> bool:
         {"qualified": ident(schema, name)},
     )
     return bool(found.scalar_one())
+
+
+def preview(conn: Connection, table: str, rows: int = 5) -> dg.MetadataValue:
+    """The first rows of a table (by user_id) as a markdown table, for the UI."""
+    result = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY user_id LIMIT {int(rows)}"))
+    lines = [list(result.keys()), ["---"] * len(result.keys()), *result]
+    return dg.MetadataValue.md("\n".join("| " + " | ".join(map(str, r)) + " |" for r in lines))
 
 
 def drop_stale_staging(engine: Engine, base: str, partition: str) -> int:

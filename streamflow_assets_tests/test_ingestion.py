@@ -30,6 +30,9 @@ def test_a_month_fills_every_live_table_and_snapshot(new_warehouse):
     assert result.success, failure_text(result)
     for spec in TABLES:
         rows = len(read_month(warehouse.drops, 0, spec.name))
+        assert min(read_month(warehouse.drops, 0, spec.name)["user_id"]) in (
+            materialization(result, spec.name).metadata["preview"].value
+        )
         live = warehouse.frame(f'SELECT as_of, count(*) AS n FROM "{spec.name}" GROUP BY as_of')
         assert live.to_dict("records") == [{"as_of": pd.Timestamp("2024-01-31").date(), "n": rows}]
         metadata = result.asset_materializations_for_node("ingest_monthly_drop")
@@ -40,6 +43,10 @@ def test_a_month_fills_every_live_table_and_snapshot(new_warehouse):
     for spec in SNAPSHOT_TABLES:
         snap = warehouse.frame(f'SELECT count(*) AS n, min(as_of) AS a FROM "{spec.snapshot.name}"')
         assert snap["n"][0] == len(read_month(warehouse.drops, 0, spec.name))
+        metadata = materialization(result, spec.snapshot.name).metadata
+        assert metadata["rows"].value == snap["n"][0]
+        first_user = min(read_month(warehouse.drops, 0, spec.name)["user_id"])
+        assert first_user in metadata["preview"].value
     checks = result.get_asset_check_evaluations()
     blocking = {"file_format", "values_parse", "user_ids", "allowed_values"}
     warnings = {"all_users_present", "row_count_stable"}

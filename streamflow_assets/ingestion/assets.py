@@ -59,11 +59,11 @@ from streamflow_assets.warehouse import (
     live_table_ddl,
     month_table,
     partition_lock,
+    preview,
     staging_name,
     table_exists,
 )
 
-PREVIEW_ROWS = 5
 VALIDATION_THREADS = 2
 """Files validated at once: the work runs in PostgreSQL, one backend per file."""
 
@@ -193,12 +193,6 @@ def _failure(files: list[StagedFile]) -> dg.Failure:
     )
 
 
-def _preview(conn: sa.Connection, table: str) -> dg.MetadataValue:
-    rows = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY user_id LIMIT {PREVIEW_ROWS}"))
-    lines = [list(rows.keys()), ["---"] * len(rows.keys()), *rows]
-    return dg.MetadataValue.md("\n".join("| " + " | ".join(map(str, r)) + " |" for r in lines))
-
-
 def ingest_drop(
     context: dg.AssetExecutionContext, settings: Settings, engine: Engine
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
@@ -232,7 +226,7 @@ def ingest_drop(
             staged.seconds["publish (all files)"] = round(time.perf_counter() - publish_started, 2)
         with engine.connect() as conn:
             previews = {
-                name: _preview(conn, ident(DROPS_SCHEMA, table.month_table))
+                name: preview(conn, ident(DROPS_SCHEMA, table.month_table))
                 for name, table in published.items()
             }
     finally:
