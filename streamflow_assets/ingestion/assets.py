@@ -22,11 +22,12 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.ingestion.drops import (
     DropError,
     DropFile,
+    cast_staged,
     drop_staging_table,
     open_drop_file,
     stage_raw,
 )
-from streamflow_assets.ingestion.publish import cast_staged, publish_drop
+from streamflow_assets.ingestion.publish import publish_drop
 from streamflow_assets.ingestion.validation import (
     ALL_USERS_PRESENT,
     ALLOWED_VALUES,
@@ -226,8 +227,8 @@ def ingest_drop(
             staged.seconds["publish (all files)"] = round(time.perf_counter() - publish_started, 2)
         with engine.connect() as conn:
             previews = {
-                name: preview(conn, ident(DROPS_SCHEMA, table.month_table))
-                for name, table in published.items()
+                f.spec.name: preview(conn, ident(DROPS_SCHEMA, month_table(f.spec, partition)))
+                for f in files
             }
     finally:
         for staged in files:
@@ -249,7 +250,7 @@ def ingest_drop(
                 "rows unchanged": table.unchanged,
                 "rows skipped as older": table.skipped_as_older,
                 "rows in live table": table.live_rows,
-                "month table": f"{DROPS_SCHEMA}.{table.month_table}",
+                "month table": f"{DROPS_SCHEMA}.{month_table(staged.spec, partition)}",
                 "seconds (whole drop)": seconds,
                 "seconds by phase": dg.MetadataValue.json(staged.seconds),
                 "preview": previews[staged.spec.name],

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.partitions import drop_folder
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import DROP_FILES, TableSpec
-from streamflow_assets.warehouse import STAGING_SCHEMA, ident, staging_name
+from streamflow_assets.warehouse import PG_TYPES, STAGING_SCHEMA, ident, staging_name
 
 _CHUNK = 1 << 20
 
@@ -93,6 +93,21 @@ def stage_raw(engine: Engine, drop: DropFile) -> str:
     finally:
         raw.close()
     return name
+
+
+def cast_staged(engine: Engine, spec: TableSpec, raw: str, typed: str) -> None:
+    """Copy the raw TEXT staging table into a table of the spec's SQL types."""
+    casts = ", ".join(
+        f"{ident(c.name)}::{PG_TYPES[c.sql_type]} AS {ident(c.name)}" for c in spec.columns
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {ident(STAGING_SCHEMA, typed)} AS "
+                f"SELECT {casts} FROM {ident(STAGING_SCHEMA, raw)}"
+            )
+        )
+        conn.execute(sa.text(f"ANALYZE {ident(STAGING_SCHEMA, typed)}"))
 
 
 def drop_staging_table(engine: Engine, name: str) -> None:

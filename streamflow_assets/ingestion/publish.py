@@ -22,10 +22,8 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.table_specs import TableSpec
 from streamflow_assets.warehouse import (
     DROPS_SCHEMA,
-    PG_TYPES,
     STAGING_SCHEMA,
     advisory_lock,
-    column_ddl,
     ident,
     month_table,
 )
@@ -36,28 +34,11 @@ BUILD_THREADS = 2
 @dataclass
 class PublishedTable:
     spec: TableSpec
-    month_table: str
-    """Set when the month is published."""
     inserted: int
     updated: int
     unchanged: int
     skipped_as_older: int
     live_rows: int
-
-
-def cast_staged(engine: Engine, spec: TableSpec, raw: str, typed: str) -> None:
-    """Copy the raw TEXT staging table into a table of the spec's SQL types."""
-    casts = ", ".join(
-        f"{ident(c.name)}::{PG_TYPES[c.sql_type]} AS {ident(c.name)}" for c in spec.columns
-    )
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                f"CREATE TABLE {ident(STAGING_SCHEMA, typed)} AS "
-                f"SELECT {casts} FROM {ident(STAGING_SCHEMA, raw)}"
-            )
-        )
-        conn.execute(sa.text(f"ANALYZE {ident(STAGING_SCHEMA, typed)}"))
 
 
 def _next_name(typed: str) -> str:
@@ -70,7 +51,6 @@ def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> Pub
     nxt = ident(STAGING_SCHEMA, _next_name(typed))
     columns = [ident(c.name) for c in spec.columns]
     values = [ident(c.name) for c in spec.columns if c.name not in spec.primary_key]
-    ddl = ", ".join([*(column_ddl(c) for c in spec.columns), "as_of date NOT NULL"])
     params = {"as_of": as_of}
     with engine.begin() as conn:
         live_before, newest = conn.execute(
@@ -93,7 +73,7 @@ def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> Pub
                 ),
                 params,
             ).one()
-        conn.execute(sa.text(f"CREATE TABLE {nxt} ({ddl})"))
+        conn.execute(sa.text(f"CREATE TABLE {nxt} (LIKE {live})"))
         live_rows = conn.execute(
             sa.text(
                 f"""
@@ -120,7 +100,6 @@ def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> Pub
         updated = staged - inserted
     return PublishedTable(
         spec,
-        month_table="",
         inserted=inserted,
         updated=updated,
         unchanged=staged - inserted - updated - older,
@@ -166,9 +145,8 @@ def publish_drop(
                     pool.map(lambda item: _build_next(engine, item[0], item[1], as_of), staged)
                 )
             with engine.begin() as conn:
-                for (spec, typed), table in zip(staged, built, strict=True):
-                    table.month_table = month_table(spec, partition)
-                    _swap(conn, spec, typed, table.month_table)
+                for spec, typed in staged:
+                    _swap(conn, spec, typed, month_table(spec, partition))
         except BaseException:
             with engine.begin() as conn:
                 for _, typed in staged:
