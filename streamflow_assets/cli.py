@@ -12,7 +12,13 @@ import sqlalchemy as sa
 
 from streamflow_assets.db import DatabaseUnavailableError, database_url, get_engine, libpq_url
 from streamflow_assets.embedded import EmbeddedServerError, running_server, stop_server
-from streamflow_assets.settings import FIRST_MONTH_VAR, Settings, SettingsError, parse_month
+from streamflow_assets.settings import (
+    FIRST_MONTH_VAR,
+    DropFolderError,
+    Settings,
+    SettingsError,
+    parse_month,
+)
 
 SAMPLE_USERS = 7_000
 SAMPLE_MONTHS = 3
@@ -20,21 +26,25 @@ SAMPLE_SEED = 42
 """`streamflow run` on an empty drops folder writes this sample: the size of a real drop."""
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 class _Group(click.Group):
-    """Known configuration problems end in one clear line instead of a traceback."""
+    """Known configuration and drop-folder problems end in one clear line, not a traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (SettingsError, DatabaseUnavailableError, EmbeddedServerError) as exc:
+        except (
+            SettingsError,
+            DatabaseUnavailableError,
+            EmbeddedServerError,
+            DropFolderError,
+        ) as exc:
             raise click.ClickException(str(exc)) from None
+
+
+def _server(engine) -> str:
+    with engine.connect() as conn:
+        version = conn.execute(sa.text("SHOW server_version")).scalar_one()
+    return f"{libpq_url(engine.url)} (PostgreSQL {version})"
 
 
 @click.group(cls=_Group)
@@ -58,7 +68,7 @@ def generate(users, months, seed, out, first_month, dynamic, overwrite) -> None:
     """Write sample monthly drops (month_000, month_001, ...)."""
     from streamflow_assets.generator import generate_drops, month_folder
 
-    settings = _settings()
+    settings = Settings.from_env()
     out = out or settings.drops_dir
     first = parse_month(first_month, "--first-month") if first_month else settings.first_month
     existing = [month_folder(i) for i in range(months) if (out / month_folder(i)).exists()]
@@ -84,13 +94,13 @@ def db() -> None:
 @db.command("url")
 def db_url() -> None:
     """Print the database URL in use, starting the embedded server if needed."""
-    click.echo(libpq_url(database_url(_settings())))
+    click.echo(libpq_url(database_url(Settings.from_env())))
 
 
 @db.command("stop")
 def db_stop() -> None:
     """Stop the embedded PostgreSQL."""
-    settings = _settings()
+    settings = Settings.from_env()
     if settings.database_url is not None:
         raise click.ClickException(
             "STREAMFLOW_DATABASE_URL is set: that server is not managed by streamflow"
@@ -104,17 +114,14 @@ def db_stop() -> None:
 @db.command("status")
 def db_status() -> None:
     """Say which database is in use and whether it answers."""
-    settings = _settings()
+    settings = Settings.from_env()
     if settings.database_url is None:
         info = running_server(settings.home)
         state = f"running (pid {info.pid})" if info else "not running"
         click.echo(f"embedded PostgreSQL under {settings.home}: {state}")
         if info is None:
             return
-    engine = get_engine(settings)
-    with engine.connect() as conn:
-        version = conn.execute(sa.text("SHOW server_version")).scalar_one()
-    click.echo(f"{libpq_url(engine.url)} answers: PostgreSQL {version}")
+    click.echo(f"{_server(get_engine(settings))} answers")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -123,7 +130,7 @@ def db_status() -> None:
 @click.argument("dagster_args", nargs=-1, type=click.UNPROCESSED)
 def dev(port, host, dagster_args) -> None:
     """The Dagster UI (dagster dev) on this project's settings and run history."""
-    settings = _settings()
+    settings = Settings.from_env()
     os.environ.setdefault("DAGSTER_HOME", str(_dagster_home(settings)))
     command = [
         "dagster",
@@ -167,10 +174,10 @@ def run() -> None:
     import dagster as dg
 
     from streamflow_assets.generator import generate_drops
-    from streamflow_assets.partitions import DropFolderError, partitions_in_drops
+    from streamflow_assets.partitions import partitions_in_drops
     from streamflow_assets.runs import materialize_month
 
-    settings = _settings()
+    settings = Settings.from_env()
     if not any(settings.drops_dir.glob("month_*")):
         click.echo(f"{settings.drops_dir} holds no drops: writing a sample")
         generate_drops(
@@ -181,14 +188,8 @@ def run() -> None:
             first_month=settings.first_month,
             dynamic=True,
         )
-    try:
-        months = partitions_in_drops(settings)
-    except DropFolderError as exc:
-        raise click.ClickException(str(exc)) from None
-    engine = get_engine(settings)
-    with engine.connect() as conn:
-        version = conn.execute(sa.text("SHOW server_version")).scalar_one()
-    click.echo(f"database: {libpq_url(engine.url)} (PostgreSQL {version})")
+    months = partitions_in_drops(settings)
+    click.echo(f"database: {_server(get_engine(settings))}")
     click.echo(f"drops: {len(months)} months in {settings.drops_dir}")
 
     # Runs are recorded where `dagster dev` (make dev) finds them.

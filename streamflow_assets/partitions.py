@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from streamflow_assets.settings import Settings, add_months, month_end
+from streamflow_assets.settings import DropFolderError, Settings, add_months, month_end
 
 _FOLDER_RE = re.compile(r"^month_(\d{3})$")
 
@@ -57,10 +57,6 @@ def partition_of_folder(name: str, first_month: date) -> str | None:
     if not match:
         return None
     return partition_key(add_months(first_month, int(match.group(1))))
-
-
-class DropFolderError(ValueError):
-    """A folder in the drops folder maps to no partition; the message names it."""
 
 
 def partitions_in_drops(settings: Settings) -> dict[str, Path]:

@@ -35,6 +35,10 @@ class SettingsError(ValueError):
     """A setting is missing or wrong; the message names the variable to set."""
 
 
+class DropFolderError(ValueError):
+    """A folder in STREAMFLOW_DROPS_DIR maps to no partition; the message names it."""
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: URL | None

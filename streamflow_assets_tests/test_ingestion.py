@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from streamflow_assets.db import libpq_url
 from streamflow_assets.generator import generate_drops
+from streamflow_assets.partitions import partitions_in_drops
+from streamflow_assets.settings import DropFolderError, Settings
 from streamflow_assets.table_specs import SNAPSHOT_TABLES, TABLES
 from streamflow_assets.warehouse import STAGING_SCHEMA
 from streamflow_assets_tests.conftest import failure_text, materialization, read_month
@@ -241,3 +244,50 @@ def test_a_killed_run_leaves_the_previous_state(new_warehouse, tmp_path):
 
 def _without_staging(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.startswith(STAGING_SCHEMA + ".")}
+
+
+def streamflow_run(warehouse) -> subprocess.CompletedProcess:
+    dagster_home = warehouse.drops.parent / "dagster"
+    dagster_home.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "streamflow_assets.cli", "run"],
+        env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=warehouse.drops.parent,
+    )
+
+
+def test_drop_folders_map_to_partitions(new_warehouse):
+    warehouse = new_warehouse()
+    settings = Settings.from_env()
+    assert list(partitions_in_drops(settings)) == ["2024-01", "2024-02", "2024-03"]
+    (warehouse.drops / "month_999").mkdir()
+    with pytest.raises(DropFolderError, match=r"month_999 maps to 2107-04, which has no partition"):
+        partitions_in_drops(settings)
+    (warehouse.drops / "month_999").rmdir()
+    (warehouse.drops / "march").mkdir()
+    with pytest.raises(DropFolderError, match=r"march is not a month folder"):
+        partitions_in_drops(settings)
+
+
+def test_run_refuses_a_folder_without_partition_and_changes_nothing(new_warehouse):
+    warehouse = new_warehouse()
+    (warehouse.drops / "month_999").mkdir()
+    result = streamflow_run(warehouse)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "month_999 maps to 2107-04, which has no partition yet" in result.stderr
+    assert warehouse.state() == {}
+
+
+def test_run_reports_a_failed_month_and_exits_non_zero(new_warehouse):
+    warehouse = new_warehouse()
+    (warehouse.drops / "month_001" / "labels.csv").write_text("")
+    result = streamflow_run(warehouse)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2024-01 (month_000): 300 users, 11 assets" in result.stdout
+    assert "2024-02 (month_001): FAILED" in result.stderr
+    assert "labels.csv is empty" in result.stderr
+    assert "1 month(s) failed: 2024-02" in result.stderr
