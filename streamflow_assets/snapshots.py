@@ -23,6 +23,7 @@ from streamflow_assets.warehouse import (
     DROPS_SCHEMA,
     SNAPSHOT_MONTHS_SCHEMA,
     STAGING_SCHEMA,
+    column_schema,
     drop_stale_staging,
     ensure_tables,
     ident,
@@ -112,6 +113,13 @@ def _asset_spec(spec: TableSpec) -> dg.AssetSpec:
         group_name="snapshots",
         deps=[spec.name],
         kinds={"postgres"},
+        metadata={
+            "dagster/column_schema": column_schema(
+                [spec.column("user_id"), *spec.snapshot_columns()],
+                ("as_of", "date", "last day of the month"),
+                ("event_timestamp", "timestamptz", "as_of at 00:00 UTC, for Feast"),
+            )
+        },
         description=f"`{spec.snapshot.name}`: each user's {spec.name} values at the end of the "
         f"month ({columns}), one row per (user_id, as_of), with a timestamptz `event_timestamp` "
         "for Feast. Rebuilt from the month's validated drop, so re-running an old month never "

@@ -210,8 +210,6 @@ TABLES: tuple[TableSpec, ...] = (
 )
 """The six tables of a drop, users first: every other file's user_ids must exist in users."""
 
-TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES}
-
 DROP_FILES: tuple[str, ...] = tuple(t.file_name for t in TABLES)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 import sqlalchemy as sa
@@ -115,6 +115,25 @@ def table_exists(conn: Connection, schema: str, name: str) -> bool:
         {"qualified": ident(schema, name)},
     )
     return bool(found.scalar_one())
+
+
+def column_schema(columns: Sequence[Column], *extra: tuple[str, str, str]) -> dg.TableSchema:
+    """The columns of a table as Dagster shows them (the asset's *Columns* in the UI)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                c.name,
+                PG_TYPES[c.sql_type],
+                description=c.description or None,
+                constraints=dg.TableColumnConstraints(nullable=c.nullable),
+            )
+            for c in columns
+        ]
+        + [
+            dg.TableColumn(name, sql_type, description, dg.TableColumnConstraints(nullable=False))
+            for name, sql_type, description in extra
+        ]
+    )
 
 
 def preview(conn: Connection, table: str, rows: int = 5) -> dg.MetadataValue:

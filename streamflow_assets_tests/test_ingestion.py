@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 import pytest
 
 from streamflow_assets.db import libpq_url
+from streamflow_assets.definitions import defs
 from streamflow_assets.generator import generate_drops
 from streamflow_assets.partitions import partitions_in_drops
 from streamflow_assets.settings import DropFolderError, Settings
@@ -87,6 +89,22 @@ def test_snapshot_columns_and_event_timestamp(new_warehouse):
         "SELECT DISTINCT event_timestamp AT TIME ZONE 'UTC' AS ts FROM labels_snapshots"
     )
     assert list(stamps["ts"]) == [pd.Timestamp("2024-01-31 00:00:00")]
+
+
+def test_the_ui_column_schemas_match_the_tables(new_warehouse):
+    warehouse = new_warehouse()
+    warehouse.load("2024-01")
+    graph = defs.resolve_asset_graph()
+    for name in [s.name for s in TABLES] + [s.snapshot.name for s in SNAPSHOT_TABLES]:
+        shown = graph.get(dg.AssetKey(name)).metadata["dagster/column_schema"]
+        actual = warehouse.frame(
+            "SELECT column_name, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name = :t",
+            t=name,
+        )
+        assert {c.name for c in shown.columns} == set(actual["column_name"]), name
+        nullable = dict(zip(actual["column_name"], actual["is_nullable"] == "YES", strict=True))
+        assert {c.name: c.constraints.nullable for c in shown.columns} == nullable, name
 
 
 def test_materializing_twice_changes_nothing(new_warehouse):

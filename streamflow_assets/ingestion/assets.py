@@ -54,6 +54,7 @@ from streamflow_assets.table_specs import TABLES, USERS, TableSpec
 from streamflow_assets.warehouse import (
     DROPS_SCHEMA,
     STAGING_SCHEMA,
+    column_schema,
     drop_stale_staging,
     ensure_tables,
     ident,
@@ -263,6 +264,11 @@ def _asset_spec(spec: TableSpec) -> dg.AssetSpec:
         spec.name,
         group_name="ingestion",
         kinds={"postgres", "csv"},
+        metadata={
+            "dagster/column_schema": column_schema(
+                spec.columns, ("as_of", "date", "as_of of the newest month that listed the user")
+            )
+        },
         description=f"Live table `{spec.name}`: {spec.description} Each month's "
         f"`{spec.file_name}` is staged, validated and merged in with the rest of the drop; a user "
         "keeps the values of the newest month that listed them.",
