@@ -93,7 +93,7 @@ BAD_DROPS = {
     ),
     "malformed user_id": (
         set_value("users", "user_id", "12345"),
-        ["users.csv", "user_id looks like 7590-VHVEG", "12345"],
+        ["users.csv", "user_id looks like 7590-VHVEG", "e.g. user_id 12345\n"],
     ),
     "out of range": (
         set_value("subscriptions", "months_active", "99"),

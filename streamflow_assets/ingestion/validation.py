@@ -189,9 +189,10 @@ class CheckReport:
 def _user_id_samples(result: dict, column: str | None) -> list[str]:
     rows = result.get("partial_unexpected_index_list") or []
     samples = []
+    shows_value = column is not None and column != "user_id"
     for row in rows[:SAMPLE_SIZE]:
-        value = row.get(column) if column and column != "user_id" else None
-        samples.append(f"user_id {row.get('user_id')}" + (f": {value!r}" if column else ""))
+        value = f": {row.get(column)!r}" if shows_value else ""
+        samples.append(f"user_id {row.get('user_id')}{value}")
     if not samples:
         samples = [repr(v) for v in (result.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]]
     return samples
