@@ -6,7 +6,9 @@
 - STREAMFLOW_FIRST_MONTH (2024-01): the month that month_000 describes, YYYY-MM
 - STREAMFLOW_OUTPUT_DIR (data/processed): training CSVs and other outputs
 
-Relative paths are taken from the working directory.
+Relative paths are taken from the project folder: the nearest folder at or above the working
+directory that holds `workspace.yaml` (else the working directory), so `cd feature_repo && feast
+apply` finds the same embedded PostgreSQL and folders as Dagster run from the project root.
 """
 
 from __future__ import annotations
@@ -52,10 +54,11 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
+        base = project_dir()
 
         def path(var: str, default: str) -> Path:
             raw = env.get(var, "").strip() or default
-            return Path(raw).expanduser().absolute()
+            return base / Path(raw).expanduser()
 
         return cls(
             database_url=parse_database_url(env.get(DATABASE_URL_VAR, "")),
@@ -64,6 +67,15 @@ class Settings:
             first_month=parse_month(env.get(FIRST_MONTH_VAR, "").strip() or "2024-01"),
             output_dir=path(OUTPUT_DIR_VAR, "data/processed"),
         )
+
+
+def project_dir(start: Path | None = None) -> Path:
+    """The folder relative settings are taken from: the nearest one holding workspace.yaml."""
+    start = (start or Path.cwd()).absolute()
+    for folder in (start, *start.parents):
+        if (folder / "workspace.yaml").is_file():
+            return folder
+    return start
 
 
 def parse_database_url(raw: str) -> URL | None:

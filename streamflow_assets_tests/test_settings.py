@@ -27,6 +27,15 @@ def test_defaults_are_relative_to_the_working_directory(tmp_path, monkeypatch):
     assert settings.first_month == date(2024, 1, 1)
 
 
+def test_defaults_inside_a_project_are_relative_to_the_project_folder(tmp_path, monkeypatch):
+    (tmp_path / "workspace.yaml").write_text("load_from: []\n")
+    (tmp_path / "feature_repo").mkdir()
+    monkeypatch.chdir(tmp_path / "feature_repo")
+    settings = Settings.from_env({"STREAMFLOW_OUTPUT_DIR": "out"})
+    assert settings.home == tmp_path / ".streamflow"
+    assert settings.output_dir == tmp_path / "out"
+
+
 def test_database_url_gets_the_psycopg_driver():
     settings = Settings.from_env(
         {"STREAMFLOW_DATABASE_URL": "postgresql://u:pw@db.example:6543/sf"}
