@@ -1,0 +1,226 @@
+"""Materialize a month into Feast's PostgreSQL online store with set-based SQL.
+
+Feast's own `materialize()` turns every (user, feature) into a protobuf in Python and writes them
+with executemany (1M users x 14 features: 430 s here). This writes the same rows — the entity key
+serialized as Feast's version 3, each value as the serialized `feast.types.Value` protobuf, the
+same table and indexes — with one INSERT ... SELECT per feature view, encoding inside PostgreSQL.
+The encoders are checked byte for byte against Feast's serializers in the tests, and values are
+read back through `FeatureStore.get_online_features`.
+
+Each feature view's table is rebuilt beside the live one and swapped in, keeping per user the
+newest month (a re-run of an old month never replaces newer values), so readers keep reading the
+old table until the swap, a moment at the end.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+
+import sqlalchemy as sa
+from feast import FeatureView
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.repo_config import RepoConfig
+from feast.value_type import ValueType
+from sqlalchemy.engine import Connection, Engine
+
+from streamflow_assets.warehouse import STAGING_SCHEMA, advisory_lock, ident
+
+_ON_TABLE = re.compile(r" ON \S+ USING ")
+_VARINT, _FIXED64, _LENGTH_DELIMITED = 0, 1, 2
+
+
+def _tag(field: str, wire_type: int) -> str:
+    """The protobuf key byte of a Value field, as a bytea literal."""
+    number = Value.DESCRIPTOR.fields_by_name[field].number
+    return f"'\\x{(number << 3 | wire_type):02x}'::bytea"
+
+
+def _byte(expr: str) -> str:
+    return f"set_byte('\\x00'::bytea, 0, ({expr})::int)"
+
+
+def varint_sql(v: str) -> str:
+    """Protobuf varint of a bigint expression (two's complement, 10 bytes, when negative)."""
+    cases = []
+    for n in range(1, 10):
+        groups = [f"((({v}) >> {7 * i}) & 127) | 128" for i in range(n - 1)]
+        groups.append(f"({v}) >> {7 * (n - 1)}")
+        bound = f"{1 << (7 * n)}" if n < 9 else "9223372036854775807"
+        test = f"({v}) < {bound}" if n < 9 else "TRUE"
+        cases.append(f"WHEN ({v}) >= 0 AND {test} THEN " + " || ".join(map(_byte, groups)))
+    negative = [_byte(f"((({v}) >> {7 * i}) & 127) | 128") for i in range(9)]
+    cases.append("ELSE " + " || ".join([*negative, "'\\x01'::bytea"]))
+    return "(CASE " + " ".join(cases) + " END)"
+
+
+def _le32(n: str) -> str:
+    return " || ".join(_byte(f"(({n}) >> {8 * i}) & 255") for i in range(4))
+
+
+def _le_bytes(big_endian: str, size: int) -> str:
+    return " || ".join(f"substr({big_endian}, {i}, 1)" for i in range(size, 0, -1))
+
+
+def value_sql(value_type: ValueType, column: str) -> tuple[str, str]:
+    """(serialized Value protobuf, value_text) of a column, as Feast's online store writes them;
+    NULL is an empty Value (b'') and no text."""
+    c = ident(column)
+    if value_type == ValueType.INT64:
+        encoded = f"{_tag('int64_val', _VARINT)} || {varint_sql(f'{c}::bigint')}"
+        text = f"{c}::bigint::text"
+    elif value_type == ValueType.DOUBLE:
+        encoded = f"{_tag('double_val', _FIXED64)} || {_le_bytes(f'float8send({c}::float8)', 8)}"
+        # str() of a Python float: integral values keep a '.0'.
+        text = (
+            f"CASE WHEN {c}::float8::text ~ '^-?[0-9]+$' THEN {c}::float8::text || '.0' "
+            f"ELSE {c}::float8::text END"
+        )
+    elif value_type == ValueType.BOOL:
+        flag = f"CASE WHEN {c} THEN '\\x01'::bytea WHEN NOT {c} THEN '\\x00'::bytea END"
+        encoded = f"{_tag('bool_val', _VARINT)} || {flag}"
+        text = f"CASE WHEN {c} THEN 'True' WHEN NOT {c} THEN 'False' END"
+    elif value_type == ValueType.STRING:
+        utf8 = f"convert_to({c}, 'UTF8')"
+        encoded = (
+            f"{_tag('string_val', _LENGTH_DELIMITED)} || {varint_sql(f'octet_length({utf8})')} "
+            f"|| {utf8}"
+        )
+        text = c
+    else:
+        raise NotImplementedError(
+            f"feature column {column}: no SQL encoder for Feast type {value_type.name}"
+        )
+    return f"COALESCE({encoded}, '\\x'::bytea)", f"({text})"
+
+
+def entity_key_sql(join_key: str, column: str) -> tuple[str, dict]:
+    """Feast's serialized entity key (version 3, one string join key) of a column."""
+    empty = serialize_entity_key(
+        EntityKey(join_keys=[join_key], entity_values=[Value(string_val="")]), 3
+    )
+    prefix = empty[:-4]  # everything up to the value's length, which is 0 here
+    utf8 = f"convert_to({ident(column)}, 'UTF8')"
+    return f"(:ek_prefix || {_le32(f'octet_length({utf8})')} || {utf8})", {"ek_prefix": prefix}
+
+
+def online_table(config: RepoConfig, view: FeatureView) -> tuple[str, str]:
+    """(schema, table) of a feature view in the online store."""
+    return config.online_store.db_schema, f"{config.project}_{view.name}"
+
+
+def write_month(
+    engine: Engine,
+    config: RepoConfig,
+    view: FeatureView,
+    window_start: datetime,
+    window_end: datetime,
+) -> dict:
+    """Write the feature view's rows with event_timestamp in [start, end) to the online store,
+    keeping per user whichever of (online, this window) is newer."""
+    started = time.perf_counter()
+    schema, table = online_table(config, view)
+    (join_key,) = view.join_keys
+    ek, params = entity_key_sql(join_key, join_key)
+    params |= {"start": window_start, "end": window_end}
+    source = view.batch_source
+    ts = ident(source.timestamp_field)
+    month = f"{source.get_table_query_string()} s WHERE s.{ts} >= :start AND s.{ts} < :end"
+    features = []
+    for field in view.features:
+        encoded, text = value_sql(field.dtype.to_value_type(), field.name)
+        features.append(f"({_literal(field.name)}, {encoded}, {text})")
+    live = ident(schema, table)
+    staged = ident(STAGING_SCHEMA, table)
+
+    with advisory_lock(engine, f"online:{table}"), engine.begin() as conn:
+        if not _exists(conn, schema, table):
+            raise LookupError(
+                f"online table {schema}.{table} does not exist: materialize feast_registry "
+                "(feast apply) first"
+            )
+        conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {staged}"))
+        conn.execute(sa.text(f"CREATE TABLE {staged} (LIKE {live} INCLUDING DEFAULTS)"))
+        newest = conn.execute(sa.text(f"SELECT max(event_ts) FROM {live}")).scalar()
+        older_than_online = newest is not None and newest >= window_end
+        # Users whose online values are newer than this window keep them.
+        keep_newer = (
+            f" AND NOT EXISTS (SELECT 1 FROM {live} o WHERE o.entity_key = {ek}"
+            f" AND o.event_ts >= :end)"
+            if older_than_online
+            else ""
+        )
+        written = conn.execute(
+            sa.text(
+                f"INSERT INTO {staged} (entity_key, feature_name, value, value_text, event_ts, "
+                f"created_ts) SELECT {ek}, f.name, f.value, f.value_text, s.{ts}, now() "
+                f"FROM {source.get_table_query_string()} s "
+                f"CROSS JOIN LATERAL (VALUES {', '.join(features)}) f(name, value, value_text) "
+                f"WHERE s.{ts} >= :start AND s.{ts} < :end{keep_newer}"
+            ),
+            params,
+        ).rowcount
+        kept = conn.execute(
+            sa.text(
+                f"INSERT INTO {staged} SELECT o.* FROM {live} o "
+                f"WHERE o.event_ts >= :end OR NOT EXISTS (SELECT 1 FROM {month} "
+                f"AND {ek} = o.entity_key)"
+            ),
+            params,
+        ).rowcount
+        _copy_indexes(conn, schema, table)
+        conn.execute(sa.text(f"DROP TABLE {live}"))
+        conn.execute(sa.text(f"ALTER TABLE {staged} SET SCHEMA {ident(schema)}"))
+    return {
+        "feature view": view.name,
+        "online table": f"{schema}.{table}",
+        "users written": written // max(len(view.features), 1),
+        "rows written": written,
+        "rows kept from other months": kept,
+        "old month under newer values": older_than_online,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _exists(conn: Connection, schema: str, table: str) -> bool:
+    return (
+        conn.execute(
+            sa.text("SELECT to_regclass(:name) IS NOT NULL"), {"name": f"{schema}.{table}"}
+        ).scalar()
+        is True
+    )
+
+
+def _copy_indexes(conn: Connection, schema: str, table: str) -> None:
+    """Build on the staged table every index (and the primary key) the live table has, under
+    the same names, so the swapped-in table is the one Feast created."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT i.relname, pg_get_indexdef(x.indexrelid), c.conname "
+            "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+            "LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.contype = 'p' "
+            "WHERE x.indrelid = to_regclass(:name)"
+        ),
+        {"name": f"{schema}.{table}"},
+    ).all()
+    staged = ident(STAGING_SCHEMA, table)
+    for name, definition, constraint in rows:
+        on_staged, found = _ON_TABLE.subn(f" ON {staged} USING ", definition, count=1)
+        if not found:
+            raise RuntimeError(f"cannot copy index {name}: unexpected definition {definition}")
+        conn.execute(sa.text(on_staged))
+        if constraint:
+            conn.execute(
+                sa.text(
+                    f"ALTER TABLE {ident(STAGING_SCHEMA, table)} "
+                    f"ADD CONSTRAINT {ident(constraint)} PRIMARY KEY USING INDEX {ident(name)}"
+                )
+            )
