@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 import psycopg
 import sqlalchemy as sa
@@ -26,11 +27,13 @@ from sqlalchemy.engine import URL
 
 from streamflow_assets.db import database_url, libpq_url
 from streamflow_assets.generator import generate_drops
-from streamflow_assets.partitions import partition_key
+from streamflow_assets.partitions import as_of, partition_key
 from streamflow_assets.runs import materialize_month
 from streamflow_assets.settings import Settings, add_months
 from streamflow_assets.table_specs import TABLES
 from streamflow_assets.warehouse import PG_TYPES, column_ddl, ident
+
+INGEST_SELECTION = dg.AssetSelection.groups("ingestion", "snapshots")
 
 
 @contextlib.contextmanager
@@ -98,7 +101,7 @@ def naive_upserts(url: URL, folder: Path) -> float:
 def pipeline_month(partition: str) -> tuple[float, dict[str, float]]:
     """One whole month through the asset graph; seconds in all and per ingestion phase."""
     started = time.perf_counter()
-    result = materialize_month(partition)
+    result = materialize_month(partition, selection=INGEST_SELECTION)
     seconds = time.perf_counter() - started
     if not result.success:
         raise RuntimeError(f"the pipeline failed on {partition}")
@@ -162,3 +165,128 @@ def bench_ingest(users: int, seed: int, drops: Path | None, skip_naive: bool) ->
             print(f"    {phase:51s} {value:8.1f}")
     if naive:
         print(f"\nfirst month, whole graph vs naive six upserts: {naive / rows[1][1]:.1f}x faster")
+
+
+# ---- the feature store: our paths beside Feast's defaults -------------------------------------
+
+
+def bench_feast(
+    users: int, seed: int, drops: Path | None, months: int, feast_default: bool
+) -> None:
+    """Online materialization of one month and the training CSV with 1, 3 and `months` months
+    loaded, each beside Feast's own path (`materialize()`, `get_historical_features`)."""
+    from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
+
+    settings = Settings.from_env()
+    server = database_url(settings)
+    checkpoints = sorted({1, min(3, months), months})
+    with contextlib.ExitStack() as stack:
+        if drops is None:
+            drops = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-")))
+            started = time.perf_counter()
+            generate_drops(
+                drops, users=users, months=months, seed=seed, first_month=settings.first_month
+            )
+            print(
+                f"generated {months} months of {users:,} users in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
+        url = stack.enter_context(scratch_database(server))
+        os.environ["STREAMFLOW_DATABASE_URL"] = libpq_url(url)
+        os.environ["STREAMFLOW_DROPS_DIR"] = str(drops)
+        output = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-out-")))
+        os.environ["STREAMFLOW_OUTPUT_DIR"] = str(output)
+        with psycopg.connect(libpq_url(url)) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+        where = "embedded" if settings.database_url is None else "STREAMFLOW_DATABASE_URL"
+        print(f"server: PostgreSQL {version} ({where}); scratch database {url.database}")
+
+        rows: list[tuple[str, float | None, float | None]] = []
+        partitions = [partition_key(add_months(settings.first_month, i)) for i in range(months)]
+        for loaded, partition in enumerate(partitions, start=1):
+            _timed_month(partition, INGEST_SELECTION | dg.AssetSelection.assets("feast_registry"))
+            store = feature_store()
+            if loaded == 1:
+                ours = _timed_month(partition, dg.AssetSelection.assets("online_features"))
+                theirs = _feast_materialize(store, partition) if feast_default else None
+                if feast_default:  # Feast's run overwrote the month: write ours again, then check
+                    ours = _timed_month(partition, dg.AssetSelection.assets("online_features"))
+                _check_online(store, url, partition)
+                rows.append((f"online store, one month ({partition})", ours, theirs))
+            if loaded in checkpoints:
+                ours = _timed_month(partition, dg.AssetSelection.assets("training_dataset"))
+                theirs = (
+                    _feast_training(store, partition, FEATURE_SERVICE) if feast_default else None
+                )
+                rows.append((f"training CSV {partition}, {loaded} month(s) loaded", ours, theirs))
+
+    print(f"\n{users:,} users{'':32s} {'ours (s)':>9s} {'Feast (s)':>10s} {'speed-up':>9s}")
+    for label, ours, theirs in rows:
+        ratio = f"{theirs / ours:8.1f}x" if theirs and ours else ""
+        feast = f"{theirs:10.1f}" if theirs is not None else f"{'-':>10s}"
+        print(f"{label:45s} {ours:9.1f} {feast} {ratio}")
+
+
+def _timed_month(partition: str, selection: dg.AssetSelection) -> float:
+    started = time.perf_counter()
+    result = materialize_month(partition, selection=selection)
+    if not result.success:
+        raise RuntimeError(f"{selection} failed on {partition}")
+    return time.perf_counter() - started
+
+
+def _feast_materialize(store, partition: str) -> float:
+    """Feast's default path: `FeatureStore.materialize` over the partition's window."""
+    from streamflow_assets.partitions import monthly_partitions
+
+    window = monthly_partitions.time_window_for_partition_key(partition)
+    started = time.perf_counter()
+    store.materialize(start_date=window.start, end_date=window.end)
+    return time.perf_counter() - started
+
+
+def _feast_training(store, partition: str, service: str) -> float:
+    """Feast's default path: `get_historical_features` for the month's users, to a CSV."""
+    from streamflow_assets.snapshots import event_timestamp
+
+    started = time.perf_counter()
+    with sa.create_engine(
+        os.environ["STREAMFLOW_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
+    ).connect() as conn:
+        entities = pd.read_sql(
+            sa.text("SELECT user_id FROM labels_snapshots WHERE as_of = :a"),
+            conn,
+            params={"a": as_of(partition)},
+        )
+    entities["event_timestamp"] = event_timestamp(partition)
+    frame = store.get_historical_features(
+        entity_df=entities, features=store.get_feature_service(service)
+    ).to_df()
+    with tempfile.NamedTemporaryFile(suffix=".csv") as out:
+        frame.to_csv(out.name, index=False)
+    return time.perf_counter() - started
+
+
+def _check_online(store, url: URL, partition: str, sample: int = 200) -> None:
+    """Read a sample of the month's users back through Feast's online read path and compare
+    them with the snapshot tables: the fast path must write what Feast reads."""
+    from streamflow_assets.feature_store.repo import FEATURE_SERVICE
+
+    with psycopg.connect(libpq_url(url)) as conn:
+        expected = pd.read_sql(
+            "SELECT p.user_id, p.months_active, p.net_service, u.watch_hours_30d "
+            "FROM subscriptions_profile_snapshots p JOIN usage_agg_30d_snapshots u "
+            "USING (user_id, as_of) WHERE p.as_of = %(a)s ORDER BY random() LIMIT %(n)s",
+            conn,
+            params={"a": as_of(partition), "n": sample},
+        )
+    online = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE),
+        entity_rows=[{"user_id": u} for u in expected.user_id],
+    ).to_df()
+    for column in ("months_active", "net_service", "watch_hours_30d"):
+        got = online[column].astype(str).tolist()
+        want = expected[column].astype(float if column == "watch_hours_30d" else object)
+        if got != want.astype(str).tolist():
+            raise RuntimeError(f"online {column} differs from the snapshot for {partition}")
+    print(f"checked {sample} users online against the snapshot tables: equal")

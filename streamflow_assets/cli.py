@@ -168,6 +168,29 @@ def bench_ingest(users, seed, drops, skip_naive) -> None:
     bench_ingest(users=users, seed=seed, drops=drops, skip_naive=skip_naive)
 
 
+@bench.command("feast")
+@click.option("--users", type=click.IntRange(min=1), default=1_000_000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--months", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option(
+    "--drops",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Use these drops (month_000, ...) instead of generating them.",
+)
+@click.option(
+    "--skip-feast-default",
+    is_flag=True,
+    help="Leave out Feast's own materialize and get_historical_features (7+ min at 1M).",
+)
+def bench_feast(users, seed, months, drops, skip_feast_default) -> None:
+    """Time online materialization and training CSVs against Feast's default paths."""
+    from streamflow_assets.benchmarks import bench_feast
+
+    bench_feast(
+        users=users, seed=seed, drops=drops, months=months, feast_default=not skip_feast_default
+    )
+
+
 @main.command()
 def run() -> None:
     """The main job: every month of the drops folder, oldest first, through the asset graph."""

@@ -7,7 +7,10 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def materialize_month(
-    partition: str, *, selection: str | None = None, instance: dg.DagsterInstance | None = None
+    partition: str,
+    *,
+    selection: str | dg.AssetSelection | None = None,
+    instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize one monthly partition of every asset (or of a selection, like
     "group:ingestion"); failures are in the result."""
