@@ -117,14 +117,22 @@ class Warehouse:
     def __init__(self, url: URL, drops: Path, monkeypatch: pytest.MonkeyPatch):
         self.url = url
         self.drops = drops
-        monkeypatch.setenv("STREAMFLOW_DATABASE_URL", libpq_url(url))
-        monkeypatch.setenv("STREAMFLOW_DROPS_DIR", str(drops))
-        monkeypatch.setenv("STREAMFLOW_FIRST_MONTH", "2024-01")
+        self.output = drops.parent / f"{drops.name}-processed"
+        self._monkeypatch = monkeypatch
+        self.activate()
         self.engine = get_engine(Settings.from_env())
+
+    def activate(self) -> None:
+        """Point the settings environment at this warehouse."""
+        self._monkeypatch.setenv("STREAMFLOW_DATABASE_URL", libpq_url(self.url))
+        self._monkeypatch.setenv("STREAMFLOW_DROPS_DIR", str(self.drops))
+        self._monkeypatch.setenv("STREAMFLOW_FIRST_MONTH", "2024-01")
+        self._monkeypatch.setenv("STREAMFLOW_OUTPUT_DIR", str(self.output))
 
     def materialize(
         self, partition: str, selection: str | None = None
     ) -> dg.ExecuteInProcessResult:
+        self.activate()
         return materialize_month(partition, selection=selection)
 
     def load(self, *partitions: str) -> None:

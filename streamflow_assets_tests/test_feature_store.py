@@ -1,0 +1,398 @@
+"""The Feast part of the graph on a real PostgreSQL with the real Feast: registry, online store,
+training CSVs, and the encoders of the fast online writer checked against Feast's own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pytest
+import sqlalchemy as sa
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import extract_text_and_num
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.type_map import python_values_to_proto_values
+from feast.value_type import ValueType
+
+from streamflow_assets.db import libpq_url
+from streamflow_assets.feature_store.online import entity_key_sql, value_sql
+from streamflow_assets.feature_store.repo import FEATURE_REPO, FEATURE_SERVICE, feature_store
+from streamflow_assets.snapshots import event_timestamp
+from streamflow_assets.training import training_table
+from streamflow_assets_tests.conftest import (
+    TEST_URL_VAR,
+    create_database,
+    drop_database,
+    failure_text,
+    materialization,
+    read_month,
+)
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+SAMPLES = {
+    ValueType.INT64: ("bigint", [0, 1, 127, 128, 300, 16383, 16384, 2**35, 2**62, -1, -300, None]),
+    ValueType.DOUBLE: ("numeric", [0, 1.5, 100, 12.34, 99.99, -3.25, 1e-7, 123456.789, None]),
+    ValueType.BOOL: ("boolean", [True, False, None]),
+    ValueType.STRING: ("text", ["DSL", "Fiber optic", "", "héllo wörld ✓", "x" * 200, None]),
+}
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("value_type", list(SAMPLES), ids=lambda t: t.name)
+def test_value_encoder_writes_the_bytes_feast_writes(database_url, value_type):
+    pg_type, values = SAMPLES[value_type]
+    encoded, text = value_sql(value_type, "v")
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        for value in values:
+            query = f"SELECT {encoded}, {text} FROM (SELECT CAST(%s AS {pg_type}) AS v) t"
+            got_bytes, got_text = conn.execute(query, (value,)).fetchone()
+            want = python_values_to_proto_values([value], value_type)[0]
+            assert bytes(got_bytes) == want.SerializeToString(), value
+            assert got_text == extract_text_and_num(want, False)[0], value
+
+
+@pytest.mark.smoke
+def test_entity_key_encoder_writes_the_bytes_feast_writes(database_url):
+    key, params = entity_key_sql("user_id", "u")
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        for user_id in ["7590-VHVEG", "0000-AAAAA", "ü-ñ"]:
+            got = conn.execute(
+                sa.text(f"SELECT {key} FROM (SELECT CAST(:u AS text) AS u) t"),
+                {**params, "u": user_id},
+            ).scalar()
+            want = serialize_entity_key(
+                EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)]), 3
+            )
+            assert bytes(got) == want
+    engine.dispose()
+
+
+@pytest.mark.smoke
+def test_feast_cli_applies_and_lists_with_nothing_but_the_settings(server_url, tmp_path):
+    """`cd feature_repo && feast apply` then `feast feature-views list`: the connection comes
+    from the project's settings (the test server; with no variable: the embedded one)."""
+    url = create_database(server_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
+    if os.environ.get(TEST_URL_VAR):
+        env["STREAMFLOW_DATABASE_URL"] = libpq_url(url)
+    else:  # the embedded server of the test session, found through STREAMFLOW_HOME only
+        env["STREAMFLOW_HOME"] = str(Path(url.query["host"]).parent)
+    feast = [sys.executable, "-m", "feast.cli.cli"]
+    try:
+        applied = subprocess.run(
+            [*feast, "apply"],
+            cwd=FEATURE_REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        listed = subprocess.run(
+            [*feast, "feature-views", "list"],
+            cwd=FEATURE_REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert listed.returncode == 0, listed.stderr
+        for name in (
+            "subs_profile_fv",
+            "usage_agg_30d_fv",
+            "payments_agg_90d_fv",
+            "support_agg_90d_fv",
+            "churn_derived_features",
+        ):
+            assert name in listed.stdout
+    finally:
+        drop_database(server_url, url)
+
+
+# ---- the graph on two months, in both orders and two server time zones ------------------------
+
+
+def _online(users: list[str]) -> pd.DataFrame:
+    store = feature_store()
+    frame = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE),
+        entity_rows=[{"user_id": u} for u in users],
+    ).to_df()
+    return frame.set_index("user_id").sort_index()
+
+
+def _drop_features(drops: Path, month: int) -> pd.DataFrame:
+    """A month's feature values straight from the drop files, typed like the training CSV."""
+    subs = read_month(drops, month, "subscriptions")
+    usage = read_month(drops, month, "usage_agg_30d")
+    payments = read_month(drops, month, "payments_agg_90d")
+    support = read_month(drops, month, "support_agg_90d")
+    labels = read_month(drops, month, "labels")
+    frame = (
+        labels.merge(subs, on="user_id")
+        .merge(usage, on="user_id")
+        .merge(payments, on="user_id")
+        .merge(support, on="user_id")
+        .set_index("user_id")
+        .sort_index()
+    )
+    out = pd.DataFrame(index=frame.index)
+    out["months_active"] = frame["months_active"].astype(int)
+    out["monthly_fee"] = frame["monthly_fee"].astype(float)
+    out["net_service"] = frame["net_service"]
+    out["watch_hours_30d"] = frame["watch_hours_30d"].astype(float)
+    out["failed_payments_90d"] = frame["failed_payments_90d"].astype(int)
+    out["support_tickets_90d"] = frame["support_tickets_90d"].astype(int)
+    out["churn_label"] = frame["churn_label"].str.lower().isin(["true", "1", "yes"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_orders(server_url, seed_drops, tmp_path_factory):
+    """Months 1 and 2 loaded in order on a UTC database, and 2 then 1 on a database whose
+    sessions run in America/New_York; yields both warehouses' folders and URLs."""
+    made = {}
+    with pytest.MonkeyPatch.context() as patch:
+        from streamflow_assets_tests.conftest import Warehouse
+
+        for name, order, zone in (
+            ("utc", ("2024-01", "2024-02"), "UTC"),
+            ("new_york", ("2024-02", "2024-01"), "America/New_York"),
+        ):
+            url = create_database(server_url)
+            with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
+                conn.execute(f"ALTER DATABASE \"{url.database}\" SET timezone = '{zone}'")
+            warehouse = Warehouse(url, seed_drops, patch)
+            warehouse.output = tmp_path_factory.mktemp(f"processed_{name}")
+            warehouse.load(*order)
+            made[name] = warehouse
+        yield made, patch
+        for warehouse in made.values():
+            warehouse.engine.dispose()
+            drop_database(server_url, warehouse.url)
+
+
+def test_server_time_zone_is_what_the_test_claims(two_orders):
+    made, _ = two_orders
+    zone = made["new_york"].frame("SELECT current_setting('TimeZone') AS tz").tz[0]
+    assert zone == "America/New_York"
+
+
+@pytest.mark.parametrize("name", ["utc", "new_york"])
+@pytest.mark.parametrize(("partition", "month"), [("2024-01", 0), ("2024-02", 1)])
+def test_training_csv_carries_that_months_values_and_labels(
+    two_orders, seed_drops, name, partition, month
+):
+    made, _ = two_orders
+    warehouse = made[name]
+    as_of = {"2024-01": "2024-01-31", "2024-02": "2024-02-29"}[partition]
+    csv = pd.read_csv(warehouse.output / f"training_df_{as_of}.csv").set_index("user_id")
+    expected = _drop_features(seed_drops, month)
+    assert list(csv.index) == list(expected.index)
+    for column in expected.columns:
+        assert csv[column].tolist() == expected[column].tolist(), column
+    assert set(pd.to_datetime(csv["event_timestamp"], utc=True)) == {event_timestamp(partition)}
+    header = list(pd.read_csv(warehouse.output / f"training_df_{as_of}.csv", nrows=0).columns)
+    assert header[:2] == ["user_id", "event_timestamp"] and header[-1] == "churn_label"
+    for derived in ("fee_per_watch_hour", "tenure_bucket", "tickets_per_active_month"):
+        assert derived in header
+
+
+def test_both_orders_and_time_zones_give_identical_training_csvs(two_orders):
+    made, _ = two_orders
+    for as_of in ("2024-01-31", "2024-02-29"):
+        utc = (made["utc"].output / f"training_df_{as_of}.csv").read_bytes()
+        assert utc == (made["new_york"].output / f"training_df_{as_of}.csv").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["utc", "new_york"])
+def test_online_store_holds_the_newest_month(two_orders, seed_drops, name):
+    """Month 2's values for its users; users missing from month 2 keep month 1's; the same
+    whether month 1 ran first or last."""
+    made, _ = two_orders
+    made[name].activate()
+    first, second = _drop_features(seed_drops, 0), _drop_features(seed_drops, 1)
+    only_first = sorted(set(first.index) - set(second.index))
+    assert only_first, "the seed drops should have users who left after month 1"
+    online = _online(list(second.index) + only_first)
+    expected = pd.concat([second, first.loc[only_first]]).sort_index()
+    for column in (
+        "months_active",
+        "monthly_fee",
+        "net_service",
+        "watch_hours_30d",
+        "failed_payments_90d",
+        "support_tickets_90d",
+    ):
+        assert online[column].tolist() == expected[column].tolist(), column
+
+
+def test_online_tables_identical_after_either_order(two_orders):
+    made, _ = two_orders
+    tables = {}
+    for name, warehouse in made.items():
+        tables[name] = warehouse.frame(
+            "SELECT entity_key, feature_name, value, event_ts FROM "
+            "feast_online.streamflow_subs_profile_fv ORDER BY entity_key, feature_name"
+        )
+    assert tables["utc"].equals(tables["new_york"])
+    assert len(tables["utc"]) > 0
+
+
+def test_rerunning_an_old_month_changes_neither_online_nor_newer_training(two_orders):
+    made, _ = two_orders
+    warehouse = made["utc"]
+    query = (
+        "SELECT entity_key, feature_name, value, event_ts FROM "
+        "feast_online.streamflow_usage_agg_30d_fv ORDER BY 1, 2"
+    )
+    online_before = warehouse.frame(query)
+    training = warehouse.output / "training_df_2024-02-29.csv"
+    training_before = training.read_bytes()
+    result = warehouse.materialize("2024-01")
+    assert result.success, failure_text(result)
+    assert warehouse.frame(query).equals(online_before)
+    assert training.read_bytes() == training_before
+    by_view = materialization(result, "online_features").metadata["by feature view"].value
+    assert by_view.count("| True |") == 4  # every view saw newer values online and kept them
+
+
+def test_training_matches_feasts_get_historical_features(two_orders):
+    """Our point-in-time query gives what Feast's gives, feature for feature. (Feast's own
+    path turns NUMERIC into doubles with an error in the last bit, e.g. 96.96 -> 96.96000000000001,
+    hence the tolerance; ours carries the exact values, as the online store does.)"""
+    made, _ = two_orders
+    warehouse = made["new_york"]
+    warehouse.activate()
+    store = feature_store()
+    ours = training_table(warehouse.engine, store, "2024-02").to_pandas()
+    entities = ours[["user_id", "event_timestamp"]]
+    theirs = (
+        store.get_historical_features(
+            entity_df=entities, features=store.get_feature_service(FEATURE_SERVICE)
+        )
+        .to_df()
+        .sort_values("user_id")
+        .reset_index(drop=True)
+    )
+    assert list(theirs.columns) == [c for c in ours.columns if c != "churn_label"]
+    for column in theirs.columns:
+        if column == "event_timestamp":
+            continue
+        a, b = ours[column], theirs[column]
+        if a.dtype.kind == "f":
+            pd.testing.assert_series_equal(a, b.astype(float), rtol=1e-3, check_names=False)
+        else:
+            assert (
+                a.astype(object).where(a.notna(), None).tolist()
+                == b.astype(object).where(b.notna(), None).tolist()
+            ), column
+
+
+def test_registry_apply_is_idempotent(two_orders):
+    made, _ = two_orders
+    warehouse = made["utc"]
+    result = warehouse.materialize("2024-02", selection="feast_registry")
+    assert result.success, failure_text(result)
+    metadata = materialization(result, "feast_registry").metadata
+    assert metadata["created"].value == "none"
+    assert metadata["updated"].value == "none"
+    assert metadata["deleted"].value == "none"
+    assert metadata["unchanged objects"].value >= 10
+
+
+def test_online_store_keeps_answering_while_a_month_is_materialized(two_orders):
+    made, _ = two_orders
+    warehouse = made["utc"]
+    warehouse.activate()
+    users = list(_online_users(warehouse))[:20]
+    errors, answers = [], []
+    done = threading.Event()
+
+    def read():
+        # Another process in production; a thread with its own FeatureStore here.
+        from feast import FeatureStore
+
+        store = FeatureStore(repo_path=str(FEATURE_REPO))
+        while not done.is_set():
+            try:
+                frame = store.get_online_features(
+                    features=store.get_feature_service(FEATURE_SERVICE),
+                    entity_rows=[{"user_id": u} for u in users],
+                ).to_df()
+                answers.append(int(frame["months_active"].notna().sum()))
+            except Exception as exc:  # any failure to serve is the bug
+                errors.append(repr(exc))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for partition in ("2024-01", "2024-02"):
+            result = warehouse.materialize(partition, selection="online_features")
+            assert result.success, failure_text(result)
+    finally:
+        done.set()
+        reader.join()
+    assert not errors
+    assert len(answers) > 3 and set(answers) == {len(users)}
+
+
+def _online_users(warehouse) -> list[str]:
+    return warehouse.frame(
+        "SELECT user_id FROM subscriptions_profile_snapshots WHERE as_of = '2024-02-29' "
+        "ORDER BY user_id"
+    ).user_id.tolist()
+
+
+def test_unexpected_empty_feature_fails_the_check_and_writes_nothing(new_warehouse):
+    """A user missing from a feature view's snapshot (no earlier month to fall back on) would
+    train on empty features: the check fails naming the column and user, no CSV is written."""
+    warehouse = new_warehouse()
+    result = warehouse.materialize(
+        "2024-01",
+        selection=[
+            "users",
+            "subscriptions",
+            "usage_agg_30d",
+            "payments_agg_90d",
+            "support_agg_90d",
+            "labels",
+            "subscriptions_profile_snapshots",
+            "usage_agg_30d_snapshots",
+            "payments_agg_90d_snapshots",
+            "support_agg_90d_snapshots",
+            "labels_snapshots",
+            "feast_registry",
+        ],
+    )
+    assert result.success, failure_text(result)
+    victim = warehouse.frame(
+        "SELECT min(user_id) AS u FROM usage_agg_30d_snapshots WHERE as_of = '2024-01-31'"
+    ).u[0]
+    with warehouse.engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM usage_agg_30d_snapshots WHERE user_id = :u"), {"u": victim}
+        )
+    result = warehouse.materialize("2024-01", selection="training_dataset")
+    assert not result.success
+    text = failure_text(result)
+    assert "no_unexpected_null_feature" in text and "watch_hours_30d" in text and victim in text
+    assert not (warehouse.output / "training_df_2024-01-31.csv").exists()
+    checks = {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    assert checks == {
+        "one_row_per_snapshot_user": True,
+        "no_unexpected_null_feature": False,
+        "label_rate_in_range": True,
+    }
