@@ -128,11 +128,7 @@ def write_month(
     params |= {"start": window_start, "end": window_end}
     source = view.batch_source
     ts = ident(source.timestamp_field)
-    month = f"{source.get_table_query_string()} s WHERE s.{ts} >= :start AND s.{ts} < :end"
-    features = []
-    for field in view.features:
-        encoded, text = value_sql(field.dtype.to_value_type(), field.name)
-        features.append(f"({_literal(field.name)}, {encoded}, {text})")
+    columns = ", ".join(f"s.{ident(f.name)}" for f in view.features)
     live = ident(schema, table)
     staged = ident(STAGING_SCHEMA, table)
 
@@ -150,25 +146,41 @@ def write_month(
         # Users whose online values are newer than this window keep them.
         keep_newer = (
             f" AND NOT EXISTS (SELECT 1 FROM {live} o WHERE o.entity_key = {ek}"
-            f" AND o.event_ts >= :end)"
+            " AND o.event_ts >= :end)"
             if older_than_online
             else ""
         )
-        written = conn.execute(
+        # The window's rows, each user's entity key serialized once.
+        conn.execute(
             sa.text(
-                f"INSERT INTO {staged} (entity_key, feature_name, value, value_text, event_ts, "
-                f"created_ts) SELECT {ek}, f.name, f.value, f.value_text, s.{ts}, now() "
+                f"CREATE TEMP TABLE month_rows ON COMMIT DROP AS "
+                f"SELECT {ek} AS entity_key, s.{ts} AS event_ts, {columns} "
                 f"FROM {source.get_table_query_string()} s "
-                f"CROSS JOIN LATERAL (VALUES {', '.join(features)}) f(name, value, value_text) "
                 f"WHERE s.{ts} >= :start AND s.{ts} < :end{keep_newer}"
             ),
             params,
-        ).rowcount
+        )
+        conn.execute(sa.text("ANALYZE month_rows"))
+        written = 0
+        for field in view.features:
+            # Each distinct value is encoded once, then joined to the users holding it.
+            encoded, text = value_sql(field.dtype.to_value_type(), "v")
+            column = ident(field.name)
+            written += conn.execute(
+                sa.text(
+                    f"INSERT INTO {staged} (entity_key, feature_name, value, value_text, "
+                    f"event_ts, created_ts) "
+                    f"SELECT m.entity_key, {_literal(field.name)}, "
+                    f"COALESCE(e.value, '\\x'::bytea), e.value_text, m.event_ts, now() "
+                    f"FROM month_rows m LEFT JOIN (SELECT v, {encoded} AS value, "
+                    f"{text} AS value_text FROM (SELECT DISTINCT {column} AS v FROM month_rows "
+                    f"WHERE {column} IS NOT NULL) d) e ON e.v = m.{column}"
+                )
+            ).rowcount
         kept = conn.execute(
             sa.text(
-                f"INSERT INTO {staged} SELECT o.* FROM {live} o "
-                f"WHERE o.event_ts >= :end OR NOT EXISTS (SELECT 1 FROM {month} "
-                f"AND {ek} = o.entity_key)"
+                f"INSERT INTO {staged} SELECT o.* FROM {live} o WHERE o.event_ts >= :end "
+                "OR NOT EXISTS (SELECT 1 FROM month_rows m WHERE m.entity_key = o.entity_key)"
             ),
             params,
         ).rowcount
