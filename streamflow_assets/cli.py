@@ -232,6 +232,29 @@ def run() -> None:
                 click.echo(f"    {event.step_key}: {_failure_text(event)}", err=True)
     if failed:
         raise click.ClickException(f"{len(failed)} month(s) failed: {', '.join(failed)}")
+    _show_results(settings, list(months))
+
+
+def _show_results(settings: Settings, partitions: list[str]) -> None:
+    """Where the training CSVs are, and one user's features as the online store serves them."""
+    from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
+    from streamflow_assets.training import training_path
+
+    click.echo("training CSVs:")
+    for partition in partitions:
+        click.echo(f"  {training_path(settings.output_dir, partition)}")
+    newest = training_path(settings.output_dir, partitions[-1])
+    with newest.open() as csv:
+        csv.readline()
+        user_id = csv.readline().split(",")[0].strip('"')
+    store = feature_store()
+    online = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[{"user_id": user_id}]
+    ).to_dict()
+    click.echo(f"online features of {user_id} ({FEATURE_SERVICE}):")
+    for name, values in online.items():
+        if name != "user_id":
+            click.echo(f"  {name:32s} {values[0]}")
 
 
 def _dagster_home(settings: Settings) -> Path:
