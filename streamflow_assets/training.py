@@ -12,7 +12,6 @@ on-demand features then go through Feast's own `transform_arrow`, as in Feast's 
 tests compare the result with `get_historical_features`, value for value.
 """
 
-
 import io
 import os
 import tempfile

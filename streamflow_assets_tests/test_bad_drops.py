@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 import pytest
 
@@ -197,7 +198,7 @@ def test_absent_add_on_columns_load_as_null(new_warehouse, january):
 def test_warnings_do_not_block_the_drop(new_warehouse, january):
     warehouse = new_warehouse(template=january)
     edit_csv(warehouse.drops / FEBRUARY / "usage_agg_30d.csv", lambda f: f.iloc[: len(f) // 2])
-    result = warehouse.materialize("2024-02")
+    result = warehouse.materialize("2024-02", dg.AssetSelection.groups("ingestion", "snapshots"))
     assert result.success, failure_text(result)
     checks = {(c.asset_key.path[0], c.check_name): c for c in result.get_asset_check_evaluations()}
     missing = checks["usage_agg_30d", "all_users_present"]
@@ -206,3 +207,8 @@ def test_warnings_do_not_block_the_drop(new_warehouse, january):
     shrunk = checks["usage_agg_30d", "row_count_stable"]
     assert not shrunk.passed
     assert checks["users", "row_count_stable"].passed
+
+    # The drop is in, but February's new users have no usage values at all: no training set.
+    training = warehouse.materialize("2024-02", ["feast_registry", "training_dataset"])
+    assert not training.success
+    assert "no_unexpected_null_feature: watch_hours_30d" in failure_text(training)

@@ -3,7 +3,6 @@
 Both are monthly like everything else, so `--select '*' --partition M` runs a whole month.
 """
 
-
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
