@@ -13,6 +13,9 @@ from data_sources import (
 )
 from entities import user
 from feast import FeatureView
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+    PostgreSQLSource,
+)
 
 from streamflow_assets.feature_store.fields import snapshot_fields
 from streamflow_assets.table_specs import (
@@ -20,44 +23,27 @@ from streamflow_assets.table_specs import (
     SUBSCRIPTIONS,
     SUPPORT_AGG_90D,
     USAGE_AGG_30D,
+    TableSpec,
 )
 
 SNAPSHOT_TTL = timedelta(days=31)
 """A month's values hold until the next monthly drop: a user missing from month M's file gets
 month M-1's values in training M, never older ones (month ends are at most 31 days apart)."""
 
-subs_profile_fv = FeatureView(
-    name=SUBSCRIPTIONS.snapshot.feature_view,
-    entities=[user],
-    ttl=SNAPSHOT_TTL,
-    schema=snapshot_fields(SUBSCRIPTIONS),
-    source=subscriptions_profile_source,
-    description="Plan, fee and tenure at the end of the month.",
-)
 
-usage_agg_30d_fv = FeatureView(
-    name=USAGE_AGG_30D.snapshot.feature_view,
-    entities=[user],
-    ttl=SNAPSHOT_TTL,
-    schema=snapshot_fields(USAGE_AGG_30D),
-    source=usage_agg_30d_source,
-    description="Viewing over the last 30 (or 7) days.",
-)
+def snapshot_view(spec: TableSpec, source: PostgreSQLSource) -> FeatureView:
+    """The feature view over a table's monthly snapshots, named in the table spec."""
+    return FeatureView(
+        name=spec.snapshot.feature_view,
+        entities=[user],
+        ttl=SNAPSHOT_TTL,
+        schema=snapshot_fields(spec),
+        source=source,
+        description=f"{spec.description} Monthly snapshots of {spec.name}.",
+    )
 
-payments_agg_90d_fv = FeatureView(
-    name=PAYMENTS_AGG_90D.snapshot.feature_view,
-    entities=[user],
-    ttl=SNAPSHOT_TTL,
-    schema=snapshot_fields(PAYMENTS_AGG_90D),
-    source=payments_agg_90d_source,
-    description="Failed payments over the last 90 days.",
-)
 
-support_agg_90d_fv = FeatureView(
-    name=SUPPORT_AGG_90D.snapshot.feature_view,
-    entities=[user],
-    ttl=SNAPSHOT_TTL,
-    schema=snapshot_fields(SUPPORT_AGG_90D),
-    source=support_agg_90d_source,
-    description="Support tickets over the last 90 days.",
-)
+subs_profile_fv = snapshot_view(SUBSCRIPTIONS, subscriptions_profile_source)
+usage_agg_30d_fv = snapshot_view(USAGE_AGG_30D, usage_agg_30d_source)
+payments_agg_90d_fv = snapshot_view(PAYMENTS_AGG_90D, payments_agg_90d_source)
+support_agg_90d_fv = snapshot_view(SUPPORT_AGG_90D, support_agg_90d_source)

@@ -213,18 +213,25 @@ def bench_feast(
                     ours = _timed_month(partition, dg.AssetSelection.assets("online_features"))
                 _check_online(store, url, partition)
                 rows.append((f"online store, one month ({partition})", ours, theirs))
+                _print_row(rows[-1])
             if loaded in checkpoints:
                 ours = _timed_month(partition, dg.AssetSelection.assets("training_dataset"))
                 theirs = (
                     _feast_training(store, partition, FEATURE_SERVICE) if feast_default else None
                 )
                 rows.append((f"training CSV {partition}, {loaded} month(s) loaded", ours, theirs))
+                _print_row(rows[-1])
 
     print(f"\n{users:,} users{'':32s} {'ours (s)':>9s} {'Feast (s)':>10s} {'speed-up':>9s}")
-    for label, ours, theirs in rows:
-        ratio = f"{theirs / ours:8.1f}x" if theirs and ours else ""
-        feast = f"{theirs:10.1f}" if theirs is not None else f"{'-':>10s}"
-        print(f"{label:45s} {ours:9.1f} {feast} {ratio}")
+    for row in rows:
+        _print_row(row)
+
+
+def _print_row(row: tuple[str, float, float | None]) -> None:
+    label, ours, theirs = row
+    ratio = f"{theirs / ours:8.1f}x" if theirs and ours else ""
+    feast = f"{theirs:10.1f}" if theirs is not None else f"{'-':>10s}"
+    print(f"{label:45s} {ours:9.1f} {feast} {ratio}", flush=True)
 
 
 def _timed_month(partition: str, selection: dg.AssetSelection) -> float:

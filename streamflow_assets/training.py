@@ -35,7 +35,7 @@ from streamflow_assets.partitions import as_of, monthly_partitions
 from streamflow_assets.resources import StreamflowDatabase
 from streamflow_assets.snapshots import event_timestamp
 from streamflow_assets.table_specs import LABELS
-from streamflow_assets.warehouse import ident
+from streamflow_assets.warehouse import ident, markdown_table
 
 LABEL = "churn_label"
 LABEL_RATE_RANGE = (0.01, 0.99)
@@ -93,12 +93,11 @@ def _with_on_demand_features(
 ) -> pa.Table:
     label = table.column(LABEL)
     table = table.drop_columns([LABEL])
+    on_demand = {v.name: v for v in store.list_on_demand_feature_views()}
     for projection in service.feature_view_projections:
-        try:
-            odfv = store.get_on_demand_feature_view(projection.name)
-        except Exception:  # a batch feature view
+        if projection.name not in on_demand:
             continue
-        transformed = odfv.transform_arrow(table, False)
+        transformed = on_demand[projection.name].transform_arrow(table, False)
         for field in projection.features:
             table = table.append_column(field.name, transformed[field.name])
     return table.append_column(LABEL, label)
@@ -206,7 +205,11 @@ def training_dataset(context: dg.AssetExecutionContext, database: StreamflowData
             "label rate": round(pc.mean(labels.cast(pa.float64())).as_py() or 0.0, 4),
             "seconds to build": round(built, 2),
             "seconds in all": round(time.perf_counter() - started, 2),
-            "preview": dg.MetadataValue.md(_markdown(table.slice(0, 5))),
+            "preview": dg.MetadataValue.md(
+                markdown_table(
+                    table.column_names, [r.values() for r in table.slice(0, 5).to_pylist()]
+                )
+            ),
         }
     )
 
@@ -270,10 +273,3 @@ def nullable_features(store: FeatureStore, service: FeatureService) -> set[str]:
     for view in store.list_on_demand_feature_views():
         names |= {n.strip() for n in view.tags.get(NULLABLE_TAG, "").split(",") if n.strip()}
     return names
-
-
-def _markdown(table: pa.Table) -> str:
-    rows = table.to_pylist()
-    keys = table.column_names
-    lines = [keys, ["---"] * len(keys), *([str(r[k]) for k in keys] for r in rows)]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)

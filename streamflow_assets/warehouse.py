@@ -139,8 +139,13 @@ def column_schema(columns: Sequence[Column], *extra: tuple[str, str, str]) -> dg
 def preview(conn: Connection, table: str, rows: int = 5) -> dg.MetadataValue:
     """The first rows of a table (by user_id) as a markdown table, for the UI."""
     result = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY user_id LIMIT {int(rows)}"))
-    lines = [list(result.keys()), ["---"] * len(result.keys()), *result]
-    return dg.MetadataValue.md("\n".join("| " + " | ".join(map(str, r)) + " |" for r in lines))
+    return dg.MetadataValue.md(markdown_table(list(result.keys()), list(result)))
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Rows as a markdown table, the way the UI shows previews."""
+    lines = [columns, ["---"] * len(columns), *rows]
+    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
 
 
 def drop_stale_staging(engine: Engine, base: str, partition: str) -> int:

@@ -21,6 +21,7 @@ from streamflow_assets.feature_store.repo import (
 from streamflow_assets.partitions import as_of, monthly_partitions
 from streamflow_assets.resources import StreamflowDatabase
 from streamflow_assets.table_specs import SNAPSHOT_TABLES
+from streamflow_assets.warehouse import markdown_table
 
 FEATURE_VIEW_SNAPSHOTS = [s.snapshot.name for s in SNAPSHOT_TABLES if s.snapshot.feature_view]
 
@@ -122,12 +123,8 @@ def online_features(context: dg.AssetExecutionContext, database: StreamflowDatab
         "window": f"[{window.start.isoformat()}, {window.end.isoformat()})",
         "online rows written": sum(w["rows written"] for w in written),
         "seconds": round(max(w["seconds"] for w in written), 2),
-        "by feature view": dg.MetadataValue.md(_table(written)),
+        "by feature view": dg.MetadataValue.md(
+            markdown_table(list(written[0]), [list(w.values()) for w in written])
+        ),
     }
     return dg.MaterializeResult(metadata=metadata)
-
-
-def _table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = [keys, ["---"] * len(keys), *([str(r[k]) for k in keys] for r in rows)]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)

@@ -27,7 +27,7 @@ from feast.repo_config import RepoConfig
 from feast.value_type import ValueType
 from sqlalchemy.engine import Connection, Engine
 
-from streamflow_assets.warehouse import STAGING_SCHEMA, advisory_lock, ident
+from streamflow_assets.warehouse import STAGING_SCHEMA, advisory_lock, ident, literal
 
 _ON_TABLE = re.compile(r" ON \S+ USING ")
 _VARINT, _FIXED64, _LENGTH_DELIMITED = 0, 1, 2
@@ -170,7 +170,7 @@ def write_month(
                 sa.text(
                     f"INSERT INTO {staged} (entity_key, feature_name, value, value_text, "
                     f"event_ts, created_ts) "
-                    f"SELECT m.entity_key, {_literal(field.name)}, "
+                    f"SELECT m.entity_key, {literal(field.name)}, "
                     f"COALESCE(e.value, '\\x'::bytea), e.value_text, m.event_ts, now() "
                     f"FROM month_rows m LEFT JOIN (SELECT v, {encoded} AS value, "
                     f"{text} AS value_text FROM (SELECT DISTINCT {column} AS v FROM month_rows "
@@ -196,10 +196,6 @@ def write_month(
         "old month under newer values": older_than_online,
         "seconds": round(time.perf_counter() - started, 2),
     }
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _exists(conn: Connection, schema: str, table: str) -> bool:
