@@ -16,7 +16,7 @@ import io
 import os
 import tempfile
 import time
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -34,9 +34,10 @@ from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.partitions import as_of, monthly_partitions
 from streamflow_assets.resources import StreamflowDatabase
 from streamflow_assets.snapshots import event_timestamp
-from streamflow_assets.table_specs import LABELS
+from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
 from streamflow_assets.warehouse import ident, markdown_table
 
+SNAPSHOT_NAMES = {spec.snapshot.name for spec in SNAPSHOT_TABLES}
 LABEL = "churn_label"
 LABEL_RATE_RANGE = (0.01, 0.99)
 ENTITY_TIMESTAMP = "event_timestamp"
@@ -63,10 +64,17 @@ def training_table(engine: Engine, store: FeatureStore, partition: str) -> pa.Ta
         alias = f"fv{i}"
         params[f"{alias}_from"] = ts - view.ttl if view.ttl else datetime.min
         columns = ", ".join(ident(n) for n in names)
+        prune = ""
+        if view.batch_source.get_table_query_string() in SNAPSHOT_NAMES:
+            # A snapshot's event_timestamp is its as_of at 00:00 UTC: the same rows, but now
+            # PostgreSQL skips the months outside the window (snapshots are partitioned by as_of),
+            # so the query does not grow with history.
+            params[f"{alias}_first_day"] = params[f"{alias}_from"].date() if view.ttl else date.min
+            prune = f" AND as_of >= :{alias}_first_day AND as_of <= :as_of"
         joins.append(
             f"LEFT JOIN (SELECT DISTINCT ON ({ident(join_key)}) {ident(join_key)} AS k, "
             f"{columns} FROM {view.batch_source.get_table_query_string()} "
-            f"WHERE {source_ts} <= :ts AND {source_ts} >= :{alias}_from "
+            f"WHERE {source_ts} <= :ts AND {source_ts} >= :{alias}_from{prune} "
             f"ORDER BY {ident(join_key)}, {source_ts} DESC) {alias} ON {alias}.k = e.user_id"
         )
         selects += [f"{alias}.{ident(n)}" for n in names]
