@@ -113,6 +113,21 @@ def test_feast_cli_applies_and_lists_with_nothing_but_the_settings(server_url, t
             "churn_derived_features",
         ):
             assert name in listed.stdout
+        from_python = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from feast import FeatureStore; print(sorted(v.name for v in "
+                "FeatureStore(repo_path='feature_repo').list_feature_views()))",
+            ],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert from_python.returncode == 0, from_python.stderr
+        assert "'subs_profile_fv'" in from_python.stdout
     finally:
         drop_database(server_url, url)
 
