@@ -4,7 +4,6 @@ Defined once here and part of the `churn_features` service, so the training CSV 
 serving run the same transformation.
 """
 
-import pandas as pd
 from feast import Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, String
@@ -20,30 +19,36 @@ from streamflow_assets.feature_store.fields import NULLABLE_TAG
         Field(name="tenure_bucket", dtype=String),
         Field(name="tickets_per_active_month", dtype=Float64),
     ],
-    mode="pandas",
+    # Plain Python over lists: about 10 µs for one user online, where a pandas frame costs ~3 ms.
+    mode="python",
     # Feast compares on-demand fields with the ones it infers, tags included: the view says it.
     tags={NULLABLE_TAG: "fee_per_watch_hour"},
     description="Monthly fee per hour watched (empty when nothing was watched), tenure bucket, "
     "support tickets per month of the last three (or fewer, for new users).",
 )
-def churn_derived_features(features: pd.DataFrame) -> pd.DataFrame:
+def churn_derived_features(inputs: dict[str, list]) -> dict[str, list]:
     # Feast stores this function in the registry and runs it in other processes (the API,
-    # `feast serve`): everything it uses is imported or defined inside it.
-    import numpy as np
-    import pandas as pd
+    # `feast serve`): everything it uses is defined inside it.
+    def per_hour(fee, hours):
+        return None if fee is None or not hours else round(fee / hours, 4)
 
-    # Upper bound (inclusive) of months_active, and the bucket's label.
-    tenure_buckets = [(6, "0-6"), (12, "7-12"), (24, "13-24"), (48, "25-48")]
+    def tenure(months):
+        if months is None:
+            return None
+        for bound, label in ((6, "0-6"), (12, "7-12"), (24, "13-24"), (48, "25-48")):
+            if months <= bound:
+                return label
+        return "49+"
 
-    fee = features["monthly_fee"].astype("float64")
-    hours = features["watch_hours_30d"].astype("float64")
-    months = features["months_active"].astype("float64")
-    tickets = features["support_tickets_90d"].astype("float64")
+    def per_month(tickets, months):
+        if tickets is None or months is None:
+            return None
+        return round(tickets / min(max(months, 1), 3), 4)
 
-    out = pd.DataFrame(index=features.index)
-    out["fee_per_watch_hour"] = (fee / hours.where(hours > 0)).round(4)
-    conditions = [months <= bound for bound, _ in tenure_buckets]
-    labels = np.select(conditions, [label for _, label in tenure_buckets], "49+")
-    out["tenure_bucket"] = pd.Series(labels, index=features.index).where(months.notna())
-    out["tickets_per_active_month"] = (tickets / months.clip(lower=1, upper=3)).round(4)
-    return out
+    return {
+        "fee_per_watch_hour": list(map(per_hour, inputs["monthly_fee"], inputs["watch_hours_30d"])),
+        "tenure_bucket": list(map(tenure, inputs["months_active"])),
+        "tickets_per_active_month": list(
+            map(per_month, inputs["support_tickets_90d"], inputs["months_active"])
+        ),
+    }

@@ -105,7 +105,9 @@ def _with_on_demand_features(
     for projection in service.feature_view_projections:
         if projection.name not in on_demand:
             continue
-        transformed = on_demand[projection.name].transform_arrow(table, False)
+        view = on_demand[projection.name]
+        inputs = [f.name for p in view.source_feature_view_projections.values() for f in p.features]
+        transformed = view.transform_arrow(table.select(inputs), False)
         for field in projection.features:
             table = table.append_column(field.name, transformed[field.name])
     return table.append_column(LABEL, label)
