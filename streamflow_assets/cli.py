@@ -192,6 +192,27 @@ def bench_feast(users, seed, months, drops, skip_feast_default) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+def api(host: str, port: int, workers: int, access_log: bool) -> None:
+    """Serve the online features over HTTP (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    get_engine(Settings.from_env())  # a clear error now rather than in every worker
+    uvicorn.run(
+        "streamflow_assets.serving.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level="warning",
+    )
+
+
+@main.command()
 def run() -> None:
     """The main job: every month of the drops folder, oldest first, through the asset graph."""
     import dagster as dg

@@ -1,0 +1,1 @@
+"""The online feature API (`streamflow api`)."""

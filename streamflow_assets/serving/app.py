@@ -1,0 +1,228 @@
+"""The HTTP API over Feast's online store: `churn_features` by user, one or up to 1,000 at once.
+
+Reads go through Feast's own online read path (`FeatureStore.get_online_features_async`) with the
+feature service training uses, so a model sees online exactly the features it trained on. No SQL
+is built from request text: a user_id is checked against its pattern and passed to Feast as a
+value.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import Body, FastAPI, HTTPException, Path, Request
+from fastapi.responses import JSONResponse
+from feast import FeatureService, FeatureStore
+from feast.errors import FeatureServiceNotFoundException
+from pydantic import BaseModel, Field, StringConstraints
+
+from streamflow_assets.db import get_engine
+from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
+from streamflow_assets.partitions import partition_key
+from streamflow_assets.settings import Settings
+from streamflow_assets.table_specs import USER_ID_PATTERN
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+EXAMPLE_USER = "7590-VHVEG"
+
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN, min_length=10, max_length=10)]
+FeatureValue = bool | int | float | str | None
+
+
+class UserFeatures(BaseModel):
+    user_id: str = Field(examples=[EXAMPLE_USER])
+    as_of: date = Field(
+        description="The newest month-end the values come from.", examples=["2024-03-31"]
+    )
+    feature_views: dict[str, date] = Field(
+        description="The as_of of each feature view's values (a user missing from a month's "
+        "file keeps an older month's values for that view).",
+        examples=[{"subs_profile_fv": "2024-03-31", "usage_agg_30d_fv": "2024-03-31"}],
+    )
+    features: dict[str, FeatureValue] = Field(
+        description=f"Every feature of the `{FEATURE_SERVICE}` service; empty values are null.",
+        examples=[{"months_active": 34, "net_service": "DSL", "tenure_bucket": "25-48"}],
+    )
+
+
+class BatchRequest(BaseModel):
+    user_ids: list[UserId] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description=f"1 to {MAX_BATCH} user_ids shaped like {EXAMPLE_USER}; repeats are "
+        "answered once.",
+        examples=[[EXAMPLE_USER, "3668-QPYBK"]],
+    )
+
+
+class BatchResponse(BaseModel):
+    users: list[UserFeatures]
+    unknown_user_ids: list[str] = Field(
+        description="Requested user_ids the online store does not hold.", examples=[["0000-ZZZZZ"]]
+    )
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    online_month: str | None = Field(
+        description="The newest month materialized into the online store (YYYY-MM), null when "
+        "nothing is online yet.",
+        examples=["2024-03"],
+    )
+    feature_service: str = Field(examples=[FEATURE_SERVICE])
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class Online:
+    """The feature store and service one API process serves from."""
+
+    def __init__(self, store: FeatureStore, service: FeatureService):
+        self.store = store
+        self.service = service
+        self.feature_names = [
+            f.name for p in self.service.feature_view_projections for f in p.features
+        ]
+        on_demand = {v.name for v in store.list_on_demand_feature_views()}
+        self.view_of = {
+            f.name: p.name
+            for p in self.service.feature_view_projections
+            if p.name not in on_demand
+            for f in p.features
+        }
+
+    async def read(self, user_ids: list[str]) -> tuple[list[UserFeatures], list[str]]:
+        response = await self.store.get_online_features_async(
+            features=self.service, entity_rows=[{"user_id": u} for u in user_ids]
+        )
+        columns = response.to_dict(include_event_timestamps=True)
+        found, unknown = [], []
+        for i, user_id in enumerate(user_ids):
+            views: dict[str, date] = {}
+            for feature, view in self.view_of.items():
+                seconds = columns[f"{feature}__ts"][i]
+                if seconds:
+                    views[view] = datetime.fromtimestamp(seconds, UTC).date()
+            if not views:
+                unknown.append(user_id)
+                continue
+            features = {name: columns[name][i] for name in self.feature_names}
+            found.append(
+                UserFeatures(
+                    user_id=user_id,
+                    as_of=max(views.values()),
+                    feature_views=views,
+                    features=features,
+                )
+            )
+        return found, unknown
+
+
+class NotReady(RuntimeError):
+    """The feature service is not in the registry yet (nothing applied)."""
+
+
+def create_app() -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.online = None
+        yield
+
+    def online(request: Request) -> Online:
+        """The feature service, looked up on first use: the API may start before `feast apply`."""
+        if request.app.state.online is None:
+            store = feature_store()
+            try:
+                service = store.get_feature_service(FEATURE_SERVICE, allow_cache=False)
+            except FeatureServiceNotFoundException:
+                raise NotReady(
+                    f"feature service {FEATURE_SERVICE} is not in the registry: materialize "
+                    "feast_registry (feast apply) first"
+                ) from None
+            request.app.state.online = Online(store, service)
+        return request.app.state.online
+
+    app = FastAPI(
+        title="StreamFlow online features",
+        version="1",
+        description=f"The `{FEATURE_SERVICE}` features of a subscriber, read from Feast's online "
+        "store: the same feature service the training CSVs come from.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, exc: NotReady):
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(Exception)
+    async def unavailable(request: Request, exc: Exception):  # the store, not the request
+        log.exception("online store read failed")
+        return JSONResponse(
+            status_code=503, content={"detail": f"online store unavailable: {type(exc).__name__}"}
+        )
+
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": Problem, "description": "database or registry down"}},
+        summary="Whether the database and the Feast registry answer, and which month is online",
+    )
+    def health(request: Request):
+        try:
+            with get_engine(Settings.from_env()).connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            store = online(request).store
+            views = store.registry.list_feature_views(store.project, allow_cache=False)
+        except NotReady:
+            raise
+        except Exception as exc:
+            raise HTTPException(503, f"not ready: {exc}".splitlines()[0]) from None
+        starts = [start for v in views for start, _ in v.materialization_intervals]
+        month = partition_key(max(starts).astimezone(UTC).date()) if starts else None
+        return Health(status="ok", online_month=month, feature_service=FEATURE_SERVICE)
+
+    @app.get(
+        "/features/{user_id}",
+        response_model=UserFeatures,
+        responses={
+            404: {"model": Problem, "description": "the user is not in the online store"},
+            503: {"model": Problem, "description": "the online store does not answer"},
+        },
+        summary="One user's features",
+    )
+    async def user_features(
+        request: Request,
+        user_id: Annotated[
+            str,
+            Path(
+                pattern=USER_ID_PATTERN,
+                description="Four digits, a dash, five capitals.",
+                examples=[EXAMPLE_USER],
+            ),
+        ],
+    ):
+        found, _ = await online(request).read([user_id])
+        if not found:
+            raise HTTPException(404, f"user {user_id} is not in the online store")
+        return found[0]
+
+    @app.post(
+        "/features",
+        response_model=BatchResponse,
+        responses={503: {"model": Problem, "description": "the online store does not answer"}},
+        summary=f"Features of up to {MAX_BATCH} users at once",
+    )
+    async def batch_features(request: Request, body: Annotated[BatchRequest, Body()]):
+        user_ids = list(dict.fromkeys(body.user_ids))
+        found, unknown = await online(request).read(user_ids)
+        return BatchResponse(users=found, unknown_user_ids=unknown)
+
+    return app
