@@ -297,3 +297,188 @@ def _check_online(store, url: URL, partition: str, sample: int = 200) -> None:
         if got != want.astype(str).tolist():
             raise RuntimeError(f"online {column} differs from the snapshot for {partition}")
     print(f"checked {sample} users online against the snapshot tables: equal")
+
+
+# ---- the online API beside `feast serve` ------------------------------------------------------
+
+API_SCENARIOS = (
+    ("one user", 1, 1),
+    ("one user", 8, 1),
+    ("one user", 32, 1),
+    ("100 users", 1, 100),
+    ("100 users", 8, 100),
+)
+"""(what, concurrency, users per request)."""
+
+
+def bench_api(
+    users: int, seed: int, drops: Path | None, workers: int, requests: int, seconds: float
+) -> None:
+    """Latency and throughput of `streamflow api` and `feast serve`, same store, same run."""
+    settings = Settings.from_env()
+    server = database_url(settings)
+    with contextlib.ExitStack() as stack:
+        if drops is None:
+            drops = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-")))
+            generate_drops(
+                drops, users=users, months=1, seed=seed, first_month=settings.first_month
+            )
+        url = stack.enter_context(scratch_database(server))
+        os.environ["STREAMFLOW_DATABASE_URL"] = libpq_url(url)
+        os.environ["STREAMFLOW_DROPS_DIR"] = str(drops)
+        first = partition_key(settings.first_month)
+        started = time.perf_counter()
+        selection = INGEST_SELECTION | dg.AssetSelection.assets("feast_registry", "online_features")
+        _timed_month(first, selection)
+        with psycopg.connect(libpq_url(url)) as conn:
+            online = conn.execute(
+                "SELECT count(DISTINCT entity_key) FROM feast_online.streamflow_subs_profile_fv"
+            ).fetchone()[0]
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT user_id FROM users ORDER BY md5(user_id) LIMIT 20000"
+                ).fetchall()
+            ]
+        print(
+            f"{online:,} users online after {time.perf_counter() - started:.0f} s; "
+            f"{workers} worker(s) per server, loopback, one client process"
+        )
+
+        ours = stack.enter_context(_server_process(["api"], workers))
+        feast = stack.enter_context(_server_process(["feast-serve"], workers))
+        print(f"\n{'':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'requests':>9s}")
+        for what, concurrency, per_request in API_SCENARIOS:
+            for name, base in (("streamflow api", ours), ("feast serve", feast)):
+                stats = asyncio_run_load(
+                    name, base, ids, concurrency, per_request, requests, seconds
+                )
+                label = f"{name}, {what}, c={concurrency}"
+                print(
+                    f"{label:28s} {stats['p50']:8.2f} {stats['p99']:8.2f} "
+                    f"{stats['rps']:8.0f} {stats['n']:9d}",
+                    flush=True,
+                )
+
+
+@contextlib.contextmanager
+def _server_process(kind: list[str], workers: int):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from streamflow_assets.feature_store.repo import FEATURE_REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if kind == ["api"]:
+        command = [
+            sys.executable,
+            "-m",
+            "streamflow_assets.cli",
+            "api",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
+        probe = "/health"
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "feast.cli.cli",
+            "-c",
+            str(FEATURE_REPO),
+            "serve",
+            "-p",
+            str(port),
+            "-w",
+            str(workers),
+            "--no-access-log",
+        ]
+        probe = "/health"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(base + probe, timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"{' '.join(command)} did not start") from None
+                time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def asyncio_run_load(
+    name: str,
+    base: str,
+    ids: list[str],
+    concurrency: int,
+    per_request: int,
+    count: int,
+    seconds: float,
+) -> dict:
+    """`count` requests (at most `seconds`) from `concurrency` clients; latencies in ms."""
+    import asyncio
+    import random
+
+    import aiohttp
+
+    rng = random.Random(7)
+
+    def request_args() -> tuple[str, str, dict | None]:
+        batch = rng.sample(ids, per_request)
+        if name == "feast serve":
+            body = {"feature_service": "churn_features", "entities": {"user_id": batch}}
+            return "POST", f"{base}/get-online-features", body
+        if per_request == 1:
+            return "GET", f"{base}/features/{batch[0]}", None
+        return "POST", f"{base}/features", {"user_ids": batch}
+
+    async def run() -> dict:
+        latencies: list[float] = []
+        failures = 0
+        deadline = time.perf_counter() + seconds
+        remaining = count
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _ in range(20):  # warm-up: connections, registry caches, pools
+                method, url, body = request_args()
+                async with session.request(method, url, json=body) as response:
+                    await response.read()
+
+            async def client():
+                nonlocal remaining, failures
+                while remaining > 0 and time.perf_counter() < deadline:
+                    remaining -= 1
+                    method, url, body = request_args()
+                    started = time.perf_counter()
+                    async with session.request(method, url, json=body) as response:
+                        await response.read()
+                        if response.status != 200:
+                            failures += 1
+                    latencies.append((time.perf_counter() - started) * 1000)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - started
+        if failures:
+            raise RuntimeError(f"{name}: {failures} requests failed")
+        latencies.sort()
+        return {
+            "p50": latencies[len(latencies) // 2],
+            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+            "rps": len(latencies) / elapsed,
+            "n": len(latencies),
+        }
+
+    return asyncio.run(run())

@@ -191,6 +191,34 @@ def bench_feast(users, seed, months, drops, skip_feast_default) -> None:
     )
 
 
+@bench.command("api")
+@click.option("--users", type=click.IntRange(min=1), default=1_000_000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--drops",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Use these drops (month_000 is loaded) instead of generating one month.",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--requests",
+    type=click.IntRange(min=100),
+    default=5000,
+    show_default=True,
+    help="Requests per scenario.",
+)
+@click.option(
+    "--seconds", type=float, default=20.0, show_default=True, help="Time limit per scenario."
+)
+def bench_api(users, seed, drops, workers, requests, seconds) -> None:
+    """Latency and requests/s of `streamflow api` beside `feast serve` on the same store."""
+    from streamflow_assets.benchmarks import bench_api
+
+    bench_api(
+        users=users, seed=seed, drops=drops, workers=workers, requests=requests, seconds=seconds
+    )
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
