@@ -356,7 +356,7 @@ def bench_api(
                 label = f"{name}, {what}, c={concurrency}"
                 print(
                     f"{label:28s} {stats['p50']:8.2f} {stats['p99']:8.2f} "
-                    f"{stats['rps']:8.0f} {stats['n']:9d}",
+                    f"{stats['rps']:8.0f} {stats['n']:9d} {stats['failed']}",
                     flush=True,
                 )
 
@@ -446,7 +446,7 @@ def asyncio_run_load(
 
     async def run() -> dict:
         latencies: list[float] = []
-        failures = 0
+        failures: list[str] = []
         deadline = time.perf_counter() + seconds
         remaining = count
         connector = aiohttp.TCPConnector(limit=concurrency)
@@ -462,19 +462,26 @@ def asyncio_run_load(
                     remaining -= 1
                     method, url, body = request_args()
                     started = time.perf_counter()
-                    async with session.request(method, url, json=body) as response:
-                        await response.read()
-                        if response.status != 200:
-                            failures += 1
+                    try:
+                        async with session.request(method, url, json=body) as response:
+                            await response.read()
+                            if response.status != 200:
+                                failures.append(f"HTTP {response.status}")
+                    except aiohttp.ClientError as exc:
+                        failures.append(type(exc).__name__)
+                        continue
                     latencies.append((time.perf_counter() - started) * 1000)
 
             started = time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
             elapsed = time.perf_counter() - started
-        if failures:
-            raise RuntimeError(f"{name}: {failures} requests failed")
         latencies.sort()
+        if not latencies:
+            raise RuntimeError(f"{name}: every request failed ({failures[0]})")
         return {
+            "failed": f"{len(failures)} failed ({', '.join(sorted(set(failures)))})"
+            if failures
+            else "",
             "p50": latencies[len(latencies) // 2],
             "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
             "rps": len(latencies) / elapsed,

@@ -185,6 +185,9 @@ def write_month(
             params,
         ).rowcount
         _copy_indexes(conn, schema, table)
+        # A new table has no statistics until autovacuum gets to it; meanwhile the plans of
+        # Feast's reads go wrong (one user: 2.7 ms instead of 0.7 ms at 1M users).
+        conn.execute(sa.text(f"ANALYZE {staged}"))
         conn.execute(sa.text(f"DROP TABLE {live}"))
         conn.execute(sa.text(f"ALTER TABLE {staged} SET SCHEMA {ident(schema)}"))
     return {
