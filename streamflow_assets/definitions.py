@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from streamflow_assets.automation import monthly_graph, monthly_schedule, new_drop_sensor
 from streamflow_assets.feature_store.assets import feast_registry, online_features
 from streamflow_assets.ingestion.assets import ingest_monthly_drop
 from streamflow_assets.resources import StreamflowDatabase
@@ -16,6 +17,9 @@ defs = dg.Definitions(
         online_features,
         training_dataset,
     ],
+    jobs=[monthly_graph],
+    schedules=[monthly_schedule],
+    sensors=[new_drop_sensor],
     resources={"database": StreamflowDatabase()},
     # The work happens inside PostgreSQL; a process per step would cost more than the step
     # (a month of 2,000 users: 32 s with the multiprocess executor, 3 s in process).

@@ -1,0 +1,171 @@
+"""What starts runs by itself: a monthly schedule and a sensor on the drops folder.
+
+Both launch `monthly_graph`, every monthly asset for one partition. Both start STOPPED unless
+STREAMFLOW_AUTOMATION=on (the docker deployment sets it): on a laptop, opening `dagster dev` should
+not start loading months on its own. Turn them on in the UI (Automation) or with
+`dagster sensor start new_drop_sensor` / `dagster schedule start monthly_schedule`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from streamflow_assets.partitions import (
+    drop_folder,
+    monthly_partitions,
+    partition_key,
+    partition_of_folder,
+)
+from streamflow_assets.settings import Settings, add_months
+from streamflow_assets.table_specs import DROP_FILES
+
+AUTOMATION_VAR = "STREAMFLOW_AUTOMATION"
+
+monthly_graph = dg.define_asset_job(
+    "monthly_graph",
+    selection=dg.AssetSelection.all(),
+    partitions_def=monthly_partitions,
+    description="Every monthly asset for one month: ingestion, snapshots, the Feast registry and "
+    "online store, the training CSV.",
+)
+
+
+def default_status() -> dg.DefaultSensorStatus:
+    on = os.environ.get(AUTOMATION_VAR, "").strip().lower() in ("1", "on", "true", "yes")
+    return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
+
+
+@dataclass(frozen=True)
+class DropState:
+    """A drop folder as the sensor sees it: which of the six files it has, and their stamps."""
+
+    folder: Path
+    missing: tuple[str, ...]
+    stamps: dict[str, list[int]]
+    """file name -> [size, mtime_ns] of every drop file present."""
+
+    @classmethod
+    def read(cls, folder: Path) -> DropState:
+        stamps, missing = {}, []
+        for name in DROP_FILES:
+            try:
+                stat = (folder / name).stat()
+            except FileNotFoundError:
+                missing.append(name)
+                continue
+            stamps[name] = [stat.st_size, stat.st_mtime_ns]
+        return cls(folder, tuple(missing), stamps)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.stamps, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---- the schedule ---------------------------------------------------------------------------
+
+
+@dg.schedule(
+    job=monthly_graph,
+    cron_schedule="0 6 1 * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus(default_status().value),
+    description="On the 1st of each month at 06:00 UTC, the month that just ended — if its drop "
+    "folder is complete; otherwise it skips and says which folder or files are missing.",
+)
+def monthly_schedule(context: dg.ScheduleEvaluationContext):
+    settings = Settings.from_env()
+    scheduled = context.scheduled_execution_time
+    partition = partition_key(add_months(scheduled.date().replace(day=1), -1))
+    if partition < partition_key(settings.first_month):
+        return dg.SkipReason(
+            f"{partition} is before STREAMFLOW_FIRST_MONTH ({settings.first_month:%Y-%m})"
+        )
+    folder = drop_folder(settings, partition)
+    if not folder.is_dir():
+        return dg.SkipReason(f"no drop for {partition}: {folder} does not exist")
+    state = DropState.read(folder)
+    if not state.complete:
+        return dg.SkipReason(
+            f"the drop for {partition} is not complete: {folder} lacks {', '.join(state.missing)}"
+        )
+    return dg.RunRequest(
+        partition_key=partition,
+        run_key=f"{partition}:{state.fingerprint()}",
+        tags={"streamflow/drop": str(folder)},
+    )
+
+
+# ---- the sensor -----------------------------------------------------------------------------
+
+
+@dg.sensor(
+    job=monthly_graph,
+    minimum_interval_seconds=30,
+    default_status=default_status(),
+    description="Watches STREAMFLOW_DROPS_DIR. A month_NNN folder whose six files are all there "
+    "and unchanged since the previous tick runs its month once; a corrected drop (a file's size "
+    "or time changed) runs again. Folders that map to no partition or are still being written "
+    "are reported in the tick, not run.",
+)
+def new_drop_sensor(context: dg.SensorEvaluationContext):
+    settings = Settings.from_env()
+    # The cursor (kept by Dagster across restarts): each folder's fingerprint at the previous
+    # tick, and the fingerprint each folder last ran with.
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    seen: dict[str, str] = cursor.get("seen", {})
+    requested: dict[str, str] = cursor.get("requested", {})
+    last = monthly_partitions.get_last_partition_key()
+    now: dict[str, str] = {}
+    runs, reports = [], []
+    folders = (
+        sorted(p for p in settings.drops_dir.iterdir() if p.is_dir())
+        if (settings.drops_dir.is_dir())
+        else []
+    )
+    for folder in folders:
+        partition = partition_of_folder(folder.name, settings.first_month)
+        if partition is None or last is None or partition > last:
+            reports.append(
+                f"{folder.name}: not a month folder"
+                if partition is None
+                else f"{folder.name}: maps to {partition}, which has no partition yet"
+            )
+            continue
+        state = DropState.read(folder)
+        if not state.complete:
+            reports.append(f"{folder.name}: waiting for {', '.join(state.missing)}")
+            continue
+        fingerprint = state.fingerprint()
+        now[folder.name] = fingerprint
+        if requested.get(folder.name) == fingerprint:
+            continue  # ran already, unchanged since
+        if seen.get(folder.name) != fingerprint:
+            reports.append(f"{folder.name}: complete; runs if unchanged at the next tick")
+            continue
+        requested[folder.name] = fingerprint
+        runs.append(
+            dg.RunRequest(
+                partition_key=partition,
+                run_key=f"{folder.name}:{fingerprint}",
+                tags={"streamflow/drop": str(folder)},
+            )
+        )
+    for report in reports:
+        context.log.info(report)
+    next_cursor = json.dumps({"seen": now, "requested": requested}, sort_keys=True)
+    if runs:
+        return dg.SensorResult(run_requests=runs, cursor=next_cursor)
+    return dg.SensorResult(
+        skip_reason="; ".join(reports) or "every complete drop has run",
+        cursor=next_cursor,
+    )
