@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev test test-embedded lint db-stop clean
+.PHONY: run dev feast-ui api test test-embedded lint browser db-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -26,8 +26,22 @@ run: $(VENV)/.installed
 dev: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/streamflow dev
 
+# Feast's UI over feature_repo/ on http://127.0.0.1:8888.
+feast-ui: $(VENV)/.installed
+	$(BIN)/streamflow feast-ui
+
+# The online feature API on http://127.0.0.1:8000 (docs at /docs).
+api: $(VENV)/.installed
+	$(BIN)/streamflow api
+
+# Debian's chromium for the browser tests (as root, or `sudo make browser`).
+CHROMIUM ?= /usr/bin/chromium
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 # Against STREAMFLOW_TEST_DATABASE_URL when set, else the embedded PostgreSQL.
-test: $(VENV)/.installed-dev lint
+test: $(VENV)/.installed-dev lint $(CHROMIUM)
 	$(BIN)/pytest
 
 # The smoke tests on the embedded PostgreSQL, whatever STREAMFLOW_TEST_DATABASE_URL says.

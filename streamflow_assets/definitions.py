@@ -9,14 +9,20 @@ from streamflow_assets.resources import StreamflowDatabase
 from streamflow_assets.snapshots import snapshot_monthly_drop
 from streamflow_assets.training import training_dataset
 
+OWNER = "team:feature-platform"
+
 defs = dg.Definitions(
-    assets=[
-        ingest_monthly_drop,
-        snapshot_monthly_drop,
-        feast_registry,
-        online_features,
-        training_dataset,
-    ],
+    # Project-wide policy, in one place: every asset has the feature platform team as owner.
+    assets=dg.map_asset_specs(
+        lambda spec: spec.replace_attributes(owners=[OWNER]),
+        [
+            ingest_monthly_drop,
+            snapshot_monthly_drop,
+            feast_registry,
+            online_features,
+            training_dataset,
+        ],
+    ),
     jobs=[monthly_graph],
     schedules=[monthly_schedule],
     sensors=[new_drop_sensor],

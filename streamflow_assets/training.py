@@ -173,7 +173,6 @@ CHECKS = {
     partitions_def=monthly_partitions,
     deps=[feast_registry, LABELS.snapshot.name],
     kinds={"feast", "csv"},
-    owners=["team:feature-platform"],
     check_specs=[
         dg.AssetCheckSpec(
             name, asset="training_dataset", description=text, partitions_def=monthly_partitions

@@ -34,7 +34,6 @@ WRITE_THREADS = 2
     deps=FEATURE_VIEW_SNAPSHOTS,
     code_version=definitions_version(),
     kinds={"feast", "postgres"},
-    owners=["team:feature-platform"],
 )
 def feast_registry(context: dg.AssetExecutionContext, database: StreamflowDatabase):
     """Feast's registry, `feast apply` of `feature_repo/`: the `user` entity, a PostgreSQL source
@@ -90,7 +89,6 @@ def feast_registry(context: dg.AssetExecutionContext, database: StreamflowDataba
     partitions_def=monthly_partitions,
     deps=[feast_registry],
     kinds={"feast", "postgres"},
-    owners=["team:feature-platform"],
 )
 def online_features(context: dg.AssetExecutionContext, database: StreamflowDatabase):
     """Feast's online store (PostgreSQL, schema `feast_online`) after materializing the month:
