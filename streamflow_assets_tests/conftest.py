@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +30,13 @@ from streamflow_assets.settings import Settings, parse_database_url
 from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA
 
 TEST_URL_VAR = "STREAMFLOW_TEST_DATABASE_URL"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def traversable_tmp_dir(prefix: str) -> Path:

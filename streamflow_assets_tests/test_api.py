@@ -4,7 +4,6 @@ a real online store filled by the asset graph, httpx as the client, schemathesis
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +21,9 @@ from streamflow_assets_tests.conftest import (
     create_database,
     drop_database,
     failure_text,
+    free_port,
     read_month,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_api(env: dict[str, str]) -> tuple[subprocess.Popen, str]:

@@ -24,8 +24,12 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from streamflow_assets.db import libpq_url
 from streamflow_assets.runs import materialize_month
-from streamflow_assets_tests.conftest import create_database, drop_database, failure_text
-from streamflow_assets_tests.test_api import free_port
+from streamflow_assets_tests.conftest import (
+    create_database,
+    drop_database,
+    failure_text,
+    free_port,
+)
 
 pytestmark = pytest.mark.browser
 
