@@ -5,6 +5,7 @@ import dagster as dg
 from streamflow_assets.automation import monthly_graph, monthly_schedule, new_drop_sensor
 from streamflow_assets.feature_store.assets import feast_registry, online_features
 from streamflow_assets.ingestion.assets import ingest_monthly_drop
+from streamflow_assets.model import churn_model, churn_scores
 from streamflow_assets.resources import StreamflowDatabase
 from streamflow_assets.snapshots import snapshot_monthly_drop
 from streamflow_assets.training import training_dataset
@@ -21,6 +22,8 @@ defs = dg.Definitions(
             feast_registry,
             online_features,
             training_dataset,
+            churn_model,
+            churn_scores,
         ],
     ),
     jobs=[monthly_graph],

@@ -20,6 +20,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -144,6 +145,17 @@ def _inline(engine: Engine, query: str, params: dict) -> str:
     """COPY takes no bind parameters: render them as literals through SQLAlchemy."""
     statement = sa.text(query).bindparams(**params)
     return str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
+
+
+def read_training_csv(path: Path) -> pd.DataFrame:
+    """A training CSV as pandas reads it, booleans with empty values made 1.0 / 0.0 / NaN (pandas
+    leaves them as objects, which would look like categories)."""
+    frame = pd.read_csv(path, dtype={"user_id": str})
+    for column in frame.columns:
+        values = frame[column].dropna()
+        if frame[column].dtype == object and len(values) and values.map(type).eq(bool).all():
+            frame[column] = frame[column].map({True: 1.0, False: 0.0})
+    return frame
 
 
 def write_csv_atomically(table: pa.Table, path: Path) -> None:

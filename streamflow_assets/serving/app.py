@@ -9,6 +9,7 @@ value.
 from __future__ import annotations
 
 import logging
+import pathlib
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated
@@ -23,6 +24,8 @@ from typeguard import suppress_type_checks
 
 from streamflow_assets.db import get_engine
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
+from streamflow_assets.model import LoadedModel, newest_model_dir
+from streamflow_assets.model import load as load_model
 from streamflow_assets.partitions import partition_key
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import USER_ID_PATTERN
@@ -67,6 +70,21 @@ class BatchResponse(BaseModel):
     unknown_user_ids: list[str] = Field(
         description="Requested user_ids the online store does not hold.", examples=[["0000-ZZZZZ"]]
     )
+
+
+class PredictRequest(BaseModel):
+    user_id: UserId = Field(examples=[EXAMPLE_USER])
+
+
+class Prediction(BaseModel):
+    user_id: str = Field(examples=[EXAMPLE_USER])
+    churn_probability: float = Field(ge=0, le=1, examples=[0.27])
+    model_version: str = Field(
+        description="The newest model under STREAMFLOW_OUTPUT_DIR/models.",
+        examples=["churn-2024-03"],
+    )
+    as_of: date = Field(description="The newest month-end the features come from.")
+    features: dict[str, FeatureValue] = Field(description="The features the model was given.")
 
 
 class Health(BaseModel):
@@ -130,13 +148,33 @@ class Online:
 
 
 class NotReady(RuntimeError):
-    """The feature service is not in the registry yet (nothing applied)."""
+    """The feature service is not in the registry yet (nothing applied), or no model is saved."""
+
+
+class Models:
+    """The newest saved churn model, reloaded when a newer month's model appears."""
+
+    def __init__(self):
+        self._folder: pathlib.Path | None = None
+        self._model: LoadedModel | None = None
+
+    def newest(self) -> LoadedModel:
+        output_dir = Settings.from_env().output_dir
+        folder = newest_model_dir(output_dir)
+        if folder is None:
+            raise NotReady(
+                f"no churn model in {output_dir / 'models'}: materialize churn_model first"
+            )
+        if folder != self._folder:
+            self._model, self._folder = load_model(folder), folder
+        return self._model
 
 
 def create_app() -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.online = None
+        app.state.models = Models()
         # Feast checks the types of its own arguments on every call (typeguard), about a
         # sixth of a one-user read; here the API builds those arguments itself.
         with suppress_type_checks():
@@ -231,5 +269,31 @@ def create_app() -> FastAPI:
         user_ids = list(dict.fromkeys(body.user_ids))
         found, unknown = await online(request).read(user_ids)
         return JSONResponse({"users": found, "unknown_user_ids": unknown})
+
+    @app.post(
+        "/predict",
+        response_model=Prediction,
+        responses={
+            404: {"model": Problem, "description": "the user is not in the online store"},
+            503: {"model": Problem, "description": "no model yet, or the store does not answer"},
+        },
+        summary="A user's churn probability from the online features and the newest model",
+    )
+    async def predict(request: Request, body: Annotated[PredictRequest, Body()]):
+        model = request.app.state.models.newest()
+        found, _ = await online(request).read([body.user_id])
+        if not found:
+            raise HTTPException(404, f"user {body.user_id} is not in the online store")
+        user = found[0]
+        used = {name: user["features"][name] for name in model.features.names}
+        return JSONResponse(
+            {
+                "user_id": body.user_id,
+                "churn_probability": float(model.score([used])[0]),
+                "model_version": model.version,
+                "as_of": user["as_of"],
+                "features": used,
+            }
+        )
 
     return app
