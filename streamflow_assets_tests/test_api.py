@@ -4,10 +4,7 @@ a real online store filled by the asset graph, httpx as the client, schemathesis
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -21,40 +18,10 @@ from streamflow_assets_tests.conftest import (
     create_database,
     drop_database,
     failure_text,
-    free_port,
     read_month,
+    start_api,
+    stop_api,
 )
-
-
-def start_api(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamflow_assets.cli", "api", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamflow api exited: {process.stdout.read()}")
-        try:
-            httpx.get(f"{base}/openapi.json", timeout=1)
-            return process, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("streamflow api did not answer within 60 s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +35,7 @@ def served(server_url, seed_drops) -> Iterator[tuple[str, Warehouse]]:
         try:
             yield base, warehouse
         finally:
-            stop(process)
+            stop_api(process)
             warehouse.engine.dispose()
             drop_database(server_url, url)
 
@@ -208,8 +175,10 @@ def test_health_is_503_with_the_reason_before_anything_is_applied(server_url):
         assert health.status_code == 503
         assert "feast_registry" in health.json()["detail"]
         assert httpx.get(f"{base}/features/7590-VHVEG", timeout=30).status_code == 503
+        predict = httpx.post(f"{base}/predict", json={"user_id": "7590-VHVEG"}, timeout=30)
+        assert predict.status_code == 503
     finally:
-        stop(process)
+        stop_api(process)
         drop_database(server_url, url)
 
 

@@ -128,7 +128,7 @@ def test_run_on_a_fresh_folder_writes_a_sample_and_loads_every_month(home):
         "month_002",
     ]
     assert "database: postgresql://postgres@/streamflow?host=" in result.stdout
-    assert "2024-01 (month_000): 7,000 users, 14 assets" in result.stdout
+    assert "2024-01 (month_000): 7,000 users, 16 assets" in result.stdout
     assert "2024-03 (month_002):" in result.stdout
     with psycopg.connect(url_of(home)) as conn:
         months = conn.execute("SELECT DISTINCT as_of FROM labels_snapshots ORDER BY 1").fetchall()

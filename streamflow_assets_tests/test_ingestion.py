@@ -305,7 +305,7 @@ def test_run_reports_a_failed_month_and_exits_non_zero(new_warehouse):
     (warehouse.drops / "month_001" / "labels.csv").write_text("")
     result = streamflow_run(warehouse)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "2024-01 (month_000): 300 users, 14 assets" in result.stdout
+    assert "2024-01 (month_000): 300 users, 16 assets" in result.stdout
     assert "2024-02 (month_001): FAILED" in result.stderr
     assert "labels.csv is empty" in result.stderr
     assert "1 month(s) failed: 2024-02" in result.stderr
