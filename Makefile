@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev feast-ui api test test-embedded lint browser db-stop clean
+.PHONY: run dev feast-ui api test test-embedded lint browser compose db-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -40,8 +40,14 @@ browser: $(CHROMIUM)
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# Debian's docker-compose, to validate docker/compose.yaml (Docker itself is not needed).
+COMPOSE ?= /usr/bin/docker-compose
+compose: $(COMPOSE)
+$(COMPOSE):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose
+
 # Against STREAMFLOW_TEST_DATABASE_URL when set, else the embedded PostgreSQL.
-test: $(VENV)/.installed-dev lint $(CHROMIUM)
+test: $(VENV)/.installed-dev lint $(CHROMIUM) $(COMPOSE)
 	$(BIN)/pytest
 
 # The smoke tests on the embedded PostgreSQL, whatever STREAMFLOW_TEST_DATABASE_URL says.

@@ -7,8 +7,10 @@ so the tests never touch the developer's `.streamflow` server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -72,6 +74,53 @@ def stop_api(process: subprocess.Popen) -> None:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+def start_process(
+    command: list[str],
+    env: dict[str, str],
+    probe: str | None,
+    timeout: float = 120,
+    ready=None,
+) -> subprocess.Popen:
+    """Start a server in its own process group; wait until `probe` answers 200 (or `ready()`
+    is true)."""
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
+        if ready is not None:
+            if ready():
+                return process
+        else:
+            try:
+                if httpx.get(probe, timeout=2).status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+        time.sleep(0.5)
+    stop_process(process)
+    raise RuntimeError(f"{' '.join(command)} did not answer {probe} within {timeout} s")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Stop a server and everything it started (dagster dev runs a daemon and a webserver)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def traversable_tmp_dir(prefix: str) -> Path:

@@ -7,17 +7,15 @@ materialized into the same DAGSTER_HOME, so the UI has partitions and check resu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import httpx
 import pytest
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from playwright.sync_api import Page, expect, sync_playwright
@@ -29,6 +27,8 @@ from streamflow_assets_tests.conftest import (
     drop_database,
     failure_text,
     free_port,
+    start_process,
+    stop_process,
 )
 
 pytestmark = pytest.mark.browser
@@ -36,53 +36,6 @@ pytestmark = pytest.mark.browser
 PROJECT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("STREAMFLOW_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("STREAMFLOW_TEST_ARTIFACTS", PROJECT / "test-artifacts"))
-
-
-def start(command: list[str], env: dict[str, str], probe: str, timeout: float = 120):
-    """Start a server in its own process group; wait until `probe` answers 200."""
-    process = subprocess.Popen(
-        command,
-        env=env,
-        cwd=PROJECT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
-        try:
-            if httpx.get(probe, timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise RuntimeError(f"{' '.join(command)} did not answer {probe} within {timeout} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a server and everything it started (dagster dev runs a daemon and a webserver)."""
-    with _ignore(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with _ignore(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-class _ignore:
-    def __init__(self, *errors):
-        self.errors = errors
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, tb):
-        return kind is not None and issubclass(kind, self.errors)
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +74,9 @@ def dagster_ui(project_env) -> Iterator[str]:
         sys.executable, "-m", "dagster", "dev", "-m", "streamflow_assets.definitions",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    process = start(command, project_env, f"{base}/server_info")
+    process = start_process(command, project_env, f"{base}/server_info")
     yield base
-    stop(process)
+    stop_process(process)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +102,7 @@ def open_page(page: Page, url: str) -> None:
     page.goto(url)
     # First visit: Dagster asks to join its community; a person would press Skip.
     skip = page.get_by_role("button", name="Skip")
-    with _ignore(Exception):
+    with contextlib.suppress(Exception):
         skip.wait_for(timeout=8_000)
         skip.click()
 
@@ -213,7 +166,7 @@ def test_the_feast_ui_lists_the_feature_views(project_env, page):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "streamflow_assets.cli", "feast-ui", "--port", str(port)]
-    process = start(command, project_env, f"{base}/projects-list.json")
+    process = start_process(command, project_env, f"{base}/projects-list.json")
     try:
         page.goto(f"{base}/p/streamflow/feature-view")
         for view in ("subs_profile_fv", "usage_agg_30d_fv", "payments_agg_90d_fv",
@@ -222,4 +175,4 @@ def test_the_feast_ui_lists_the_feature_views(project_env, page):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=ARTIFACTS / "feast_ui.png")
     finally:
-        stop(process)
+        stop_process(process)
