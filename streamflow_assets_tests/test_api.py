@@ -193,6 +193,7 @@ def test_no_generated_input_gets_a_server_error(served):
         "GET /health",
         "GET /features/{user_id}",
         "POST /features",
+        "POST /predict",
     }
     for operation in operations:
 

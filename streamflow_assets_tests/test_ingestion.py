@@ -134,13 +134,18 @@ def test_a_newer_month_counts_new_and_returning_users(new_warehouse):
     assert metadata["rows in live table"].value == len(feb | jan)
 
 
+# A month's model trains on whichever earlier months exist when it runs, so it is not
+# order-independent by design; the tables, the feature store and the training CSVs are.
+NOT_THE_MODEL = dg.AssetSelection.all() - dg.AssetSelection.groups("model")
+
+
 def test_any_order_of_months_gives_the_same_tables(new_warehouse):
     oldest_first = new_warehouse()
-    oldest_first.load("2024-01", "2024-02", "2024-03")
+    oldest_first.load("2024-01", "2024-02", "2024-03", selection=NOT_THE_MODEL)
     newest_first = new_warehouse()
-    newest_first.load("2024-03", "2024-02", "2024-01")
+    newest_first.load("2024-03", "2024-02", "2024-01", selection=NOT_THE_MODEL)
     shuffled = new_warehouse()
-    shuffled.load("2024-02", "2024-03", "2024-01", "2024-02")
+    shuffled.load("2024-02", "2024-03", "2024-01", "2024-02", selection=NOT_THE_MODEL)
     assert newest_first.state() == oldest_first.state()
     assert shuffled.state() == oldest_first.state()
 
