@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -121,6 +122,38 @@ def stop_process(process: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def wait_for_run(client, run_id: str, timeout: float = 300) -> dg.DagsterRunStatus | None:
+    """Poll a run submitted through the webserver's GraphQL API until it ends."""
+    from dagster_graphql import DagsterGraphQLClientError
+
+    ended = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status = client.get_run_status(run_id)
+        except DagsterGraphQLClientError:
+            status = None  # the run is not in storage yet
+        if status in ended:
+            return status
+        time.sleep(2)
+    return status
+
+
+def while_rematerializing_online(warehouse, read: Callable[[threading.Event], None]) -> None:
+    """Run `read(done)` in a thread while 2024-01 and 2024-02 are materialized online again."""
+    done = threading.Event()
+    reader = threading.Thread(target=read, args=(done,))
+    reader.start()
+    try:
+        for partition in ("2024-01", "2024-02"):
+            result = warehouse.materialize(partition, selection="online_features")
+            assert result.success, failure_text(result)
+    finally:
+        done.set()
+        reader.join()
 
 
 def traversable_tmp_dir(prefix: str) -> Path:

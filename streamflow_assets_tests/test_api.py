@@ -4,7 +4,6 @@ a real online store filled by the asset graph, httpx as the client, schemathesis
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -17,10 +16,10 @@ from streamflow_assets_tests.conftest import (
     Warehouse,
     create_database,
     drop_database,
-    failure_text,
     read_month,
     start_api,
     stop_api,
+    while_rematerializing_online,
 )
 
 
@@ -145,23 +144,15 @@ def test_answers_while_a_month_is_materialized(served):
     user_id = warehouse.frame(
         "SELECT min(user_id) AS u FROM subscriptions_profile_snapshots WHERE as_of = '2024-02-29'"
     ).u[0]
-    statuses, done = [], threading.Event()
+    statuses = []
 
-    def hammer():
+    def hammer(done):
         with httpx.Client(base_url=base, timeout=30) as client:
             while not done.is_set():
                 response = client.get(f"/features/{user_id}")
                 statuses.append((response.status_code, response.json().get("as_of")))
 
-    reader = threading.Thread(target=hammer)
-    reader.start()
-    try:
-        for partition in ("2024-01", "2024-02"):
-            result = warehouse.materialize(partition, selection="online_features")
-            assert result.success, failure_text(result)
-    finally:
-        done.set()
-        reader.join()
+    while_rematerializing_online(warehouse, hammer)
     assert len(statuses) > 10
     assert set(statuses) == {(200, "2024-02-29")}
 

@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 import yaml
-from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from dagster_graphql import DagsterGraphQLClient
 
 from streamflow_assets.db import libpq_url
 from streamflow_assets_tests.conftest import (
@@ -26,6 +26,7 @@ from streamflow_assets_tests.conftest import (
     free_port,
     start_process,
     stop_process,
+    wait_for_run,
 )
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_the_deployment_topology_runs_a_month(server_url, seed_drops, tmp_path):
 
         client = DagsterGraphQLClient("127.0.0.1", port_number=web_port)
         run_id = client.submit_job_execution("monthly_graph", tags={"dagster/partition": "2024-01"})
-        assert _wait_for_run(client, run_id) == dg.DagsterRunStatus.SUCCESS
+        assert wait_for_run(client, run_id) == dg.DagsterRunStatus.SUCCESS
 
         with psycopg.connect(libpq_url(storage)) as conn:
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables")}
@@ -150,21 +151,6 @@ def _grpc_healthy(port: int, env: dict[str, str]) -> bool:
         timeout=30,
     )
     return result.returncode == 0
-
-
-def _wait_for_run(client: DagsterGraphQLClient, run_id: str, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    status = None
-    while time.monotonic() < deadline:
-        try:
-            status = client.get_run_status(run_id)
-        except DagsterGraphQLClientError:
-            status = None
-        if status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
-                      dg.DagsterRunStatus.CANCELED):  # fmt: skip
-            return status
-        time.sleep(2)
-    return status
 
 
 # ---- the compose file ---------------------------------------------------------------------------

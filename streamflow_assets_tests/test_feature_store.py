@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +31,7 @@ from streamflow_assets_tests.conftest import (
     failure_text,
     materialization,
     read_month,
+    while_rematerializing_online,
 )
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -330,9 +330,8 @@ def test_online_store_keeps_answering_while_a_month_is_materialized(two_orders):
     warehouse.activate()
     users = list(_online_users(warehouse))[:20]
     errors, answers = [], []
-    done = threading.Event()
 
-    def read():
+    def read(done):
         # Another process in production; a thread with its own FeatureStore here.
         from feast import FeatureStore
 
@@ -347,15 +346,7 @@ def test_online_store_keeps_answering_while_a_month_is_materialized(two_orders):
             except Exception as exc:  # any failure to serve is the bug
                 errors.append(repr(exc))
 
-    reader = threading.Thread(target=read)
-    reader.start()
-    try:
-        for partition in ("2024-01", "2024-02"):
-            result = warehouse.materialize(partition, selection="online_features")
-            assert result.success, failure_text(result)
-    finally:
-        done.set()
-        reader.join()
+    while_rematerializing_online(warehouse, read)
     assert not errors
     assert len(answers) > 3 and set(answers) == {len(users)}
 

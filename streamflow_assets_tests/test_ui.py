@@ -11,13 +11,12 @@ import contextlib
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from dagster_graphql import DagsterGraphQLClient
 from playwright.sync_api import Page, expect, sync_playwright
 
 from streamflow_assets.db import libpq_url
@@ -29,6 +28,7 @@ from streamflow_assets_tests.conftest import (
     free_port,
     start_process,
     stop_process,
+    wait_for_run,
 )
 
 pytestmark = pytest.mark.browser
@@ -149,16 +149,7 @@ def test_a_month_launched_through_graphql_succeeds(dagster_ui):
     port = int(dagster_ui.rsplit(":", 1)[1])
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
     run_id = client.submit_job_execution("monthly_graph", tags={"dagster/partition": "2024-03"})
-    deadline = time.monotonic() + 300
-    status = None
-    while time.monotonic() < deadline:
-        try:
-            status = client.get_run_status(run_id)
-        except DagsterGraphQLClientError:
-            status = None
-        if status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE):
-            break
-        time.sleep(2)
+    status = wait_for_run(client, run_id)
     assert status == dg.DagsterRunStatus.SUCCESS
 
 
