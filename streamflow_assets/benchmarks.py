@@ -368,38 +368,20 @@ def _server_process(kind: list[str], workers: int):
     import sys
     import urllib.request
 
-    from streamflow_assets.feature_store.repo import FEATURE_REPO
+    from streamflow_assets.feature_store.repo import feast_command
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     if kind == ["api"]:
-        command = [
-            sys.executable,
-            "-m",
-            "streamflow_assets.cli",
-            "api",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ]
-        probe = "/health"
+        command = [sys.executable, "-m", "streamflow_assets.cli", "api", "--port", str(port),
+                   "--workers", str(workers)]  # fmt: skip
     else:
-        command = [
-            sys.executable,
-            "-m",
-            "feast.cli.cli",
-            "-c",
-            str(FEATURE_REPO),
-            "serve",
-            "-p",
-            str(port),
-            "-w",
-            str(workers),
-            "--no-access-log",
-        ]
-        probe = "/health"
+        # Feast recycles a worker every 1,000 requests by default, dropping its connections
+        # mid-benchmark; 0 turns that off.
+        command = feast_command("serve", "-p", str(port), "-w", str(workers), "--no-access-log",
+                                "--max-requests", "0")  # fmt: skip
+    probe = "/health"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

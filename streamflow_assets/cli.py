@@ -152,22 +152,11 @@ def dev(port, host, dagster_args) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8888, show_default=True)
 def feast_ui(host: str, port: int) -> None:
     """Feast's web UI over feature_repo/ (the same registry Dagster applies)."""
-    from streamflow_assets.feature_store.repo import FEATURE_REPO
+    from streamflow_assets.feature_store.repo import FEATURE_REPO, feast_command
 
     get_engine(Settings.from_env())  # a clear error now rather than a Feast traceback
     click.echo(f"Feast UI of {FEATURE_REPO}: http://{host}:{port}")
-    command = [
-        sys.executable,
-        "-m",
-        "feast.cli.cli",
-        "-c",
-        str(FEATURE_REPO),
-        "ui",
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+    command = feast_command("ui", "--host", host, "--port", str(port))
     os.execv(command[0], command)
 
 

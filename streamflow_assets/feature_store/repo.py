@@ -39,6 +39,11 @@ def _store(database_url: URL | None, home: Path) -> FeatureStore:
     return FeatureStore(repo_path=str(FEATURE_REPO))
 
 
+def feast_command(*args: str) -> list[str]:
+    """The feast CLI of this interpreter on feature_repo/, e.g. feast_command("ui")."""
+    return [sys.executable, "-m", "feast.cli.cli", "-c", str(FEATURE_REPO), *args]
+
+
 def repo_contents() -> RepoContents:
     """The objects `feast apply` would register, parsed the way the feast CLI does."""
     with _parse_lock, _working_directory(FEATURE_REPO):
