@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -300,6 +301,7 @@ def run() -> None:
 def _show_results(settings: Settings, partitions: list[str]) -> None:
     """Where the training CSVs are, and one user's features as the online store serves them."""
     from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
+    from streamflow_assets.model import newest_model_dir
     from streamflow_assets.training import training_path
 
     click.echo("training CSVs:")
@@ -310,13 +312,21 @@ def _show_results(settings: Settings, partitions: list[str]) -> None:
         csv.readline()
         user_id = csv.readline().split(",")[0].strip('"')
     store = feature_store()
-    online = store.get_online_features(
-        features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[{"user_id": user_id}]
-    ).to_dict()
+    service = store.get_feature_service(FEATURE_SERVICE)
+    online = store.get_online_features(features=service, entity_rows=[{"user_id": user_id}])
+    values = online.to_dict()
     click.echo(f"online features of {user_id} ({FEATURE_SERVICE}):")
-    for name, values in online.items():
-        if name != "user_id":
-            click.echo(f"  {name:32s} {values[0]}")
+    for projection in service.feature_view_projections:
+        for feature in projection.features:
+            click.echo(f"  {feature.name:32s} {values[feature.name][0]}")
+    folder = newest_model_dir(settings.output_dir)
+    if folder is not None:
+        card = json.loads((folder / "model.json").read_text())
+        metrics = card["metrics"]
+        click.echo(
+            f"churn model {card['model_version']} ({folder}): ROC AUC {metrics['roc_auc']}, "
+            f"log loss {metrics['log_loss']} on {card['holdout']}"
+        )
 
 
 def _dagster_home(settings: Settings) -> Path:
