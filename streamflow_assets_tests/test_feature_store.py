@@ -26,6 +26,7 @@ from streamflow_assets.snapshots import event_timestamp
 from streamflow_assets.training import training_table
 from streamflow_assets_tests.conftest import (
     TEST_URL_VAR,
+    Warehouse,
     create_database,
     drop_database,
     failure_text,
@@ -173,11 +174,9 @@ def _drop_features(drops: Path, month: int) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def two_orders(server_url, seed_drops, tmp_path_factory):
     """Months 1 and 2 loaded in order on a UTC database, and 2 then 1 on a database whose
-    sessions run in America/New_York; yields both warehouses' folders and URLs."""
+    sessions run in America/New_York; yields both warehouses by name."""
     made = {}
     with pytest.MonkeyPatch.context() as patch:
-        from streamflow_assets_tests.conftest import Warehouse
-
         for name, order, zone in (
             ("utc", ("2024-01", "2024-02"), "UTC"),
             ("new_york", ("2024-02", "2024-01"), "America/New_York"),
@@ -189,14 +188,14 @@ def two_orders(server_url, seed_drops, tmp_path_factory):
             warehouse.output = tmp_path_factory.mktemp(f"processed_{name}")
             warehouse.load(*order)
             made[name] = warehouse
-        yield made, patch
+        yield made
         for warehouse in made.values():
             warehouse.engine.dispose()
             drop_database(server_url, warehouse.url)
 
 
 def test_server_time_zone_is_what_the_test_claims(two_orders):
-    made, _ = two_orders
+    made = two_orders
     zone = made["new_york"].frame("SELECT current_setting('TimeZone') AS tz").tz[0]
     assert zone == "America/New_York"
 
@@ -206,7 +205,7 @@ def test_server_time_zone_is_what_the_test_claims(two_orders):
 def test_training_csv_carries_that_months_values_and_labels(
     two_orders, seed_drops, name, partition, month
 ):
-    made, _ = two_orders
+    made = two_orders
     warehouse = made[name]
     as_of = {"2024-01": "2024-01-31", "2024-02": "2024-02-29"}[partition]
     csv = pd.read_csv(warehouse.output / f"training_df_{as_of}.csv").set_index("user_id")
@@ -222,7 +221,7 @@ def test_training_csv_carries_that_months_values_and_labels(
 
 
 def test_both_orders_and_time_zones_give_identical_training_csvs(two_orders):
-    made, _ = two_orders
+    made = two_orders
     for as_of in ("2024-01-31", "2024-02-29"):
         utc = (made["utc"].output / f"training_df_{as_of}.csv").read_bytes()
         assert utc == (made["new_york"].output / f"training_df_{as_of}.csv").read_bytes()
@@ -232,7 +231,7 @@ def test_both_orders_and_time_zones_give_identical_training_csvs(two_orders):
 def test_online_store_holds_the_newest_month(two_orders, seed_drops, name):
     """Month 2's values for its users; users missing from month 2 keep month 1's; the same
     whether month 1 ran first or last."""
-    made, _ = two_orders
+    made = two_orders
     made[name].activate()
     first, second = _drop_features(seed_drops, 0), _drop_features(seed_drops, 1)
     only_first = sorted(set(first.index) - set(second.index))
@@ -251,7 +250,7 @@ def test_online_store_holds_the_newest_month(two_orders, seed_drops, name):
 
 
 def test_online_tables_identical_after_either_order(two_orders):
-    made, _ = two_orders
+    made = two_orders
     tables = {}
     for name, warehouse in made.items():
         tables[name] = warehouse.frame(
@@ -263,7 +262,7 @@ def test_online_tables_identical_after_either_order(two_orders):
 
 
 def test_rerunning_an_old_month_changes_neither_online_nor_newer_training(two_orders):
-    made, _ = two_orders
+    made = two_orders
     warehouse = made["utc"]
     query = (
         "SELECT entity_key, feature_name, value, event_ts FROM "
@@ -284,7 +283,7 @@ def test_training_matches_feasts_get_historical_features(two_orders):
     """Our point-in-time query gives what Feast's gives, feature for feature. (Feast's own
     path turns NUMERIC into doubles with an error in the last bit, e.g. 96.96 -> 96.96000000000001,
     hence the tolerance; ours carries the exact values, as the online store does.)"""
-    made, _ = two_orders
+    made = two_orders
     warehouse = made["new_york"]
     warehouse.activate()
     store = feature_store()
@@ -313,7 +312,7 @@ def test_training_matches_feasts_get_historical_features(two_orders):
 
 
 def test_registry_apply_is_idempotent(two_orders):
-    made, _ = two_orders
+    made = two_orders
     warehouse = made["utc"]
     result = warehouse.materialize("2024-02", selection="feast_registry")
     assert result.success, failure_text(result)
@@ -325,7 +324,7 @@ def test_registry_apply_is_idempotent(two_orders):
 
 
 def test_online_store_keeps_answering_while_a_month_is_materialized(two_orders):
-    made, _ = two_orders
+    made = two_orders
     warehouse = made["utc"]
     warehouse.activate()
     users = list(_online_users(warehouse))[:20]

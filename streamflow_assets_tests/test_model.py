@@ -118,3 +118,29 @@ def test_offline_and_online_scores_of_the_same_user_agree(modelled):
             assert client.post("/predict", json={}).status_code == 422
     finally:
         stop_api(process)
+
+
+def test_a_model_without_its_training_csv_fails_and_saves_nothing(new_warehouse):
+    warehouse = new_warehouse()
+    result = warehouse.materialize("2024-01", "churn_model")
+    assert not result.success
+    text = failure_text(result)
+    assert "training_df_2024-01-31.csv is missing" in text
+    assert "materialize training_dataset for 2024-01" in text
+    assert not model_dir(warehouse.output, "2024-01").exists()
+
+
+def test_scores_without_a_model_fail_and_change_no_scores(modelled):
+    before = modelled.frame("SELECT * FROM churn_scores ORDER BY as_of, user_id")
+    folder = model_dir(modelled.output, "2024-02")
+    hidden = folder.with_name(".hidden-2024-02")  # dot: not a model to any reader meanwhile
+    folder.rename(hidden)
+    try:
+        result = modelled.materialize("2024-02", "churn_scores")
+    finally:
+        hidden.rename(folder)
+    assert not result.success
+    assert f"no model in {folder}: materialize churn_model for 2024-02" in failure_text(result)
+    pd.testing.assert_frame_equal(
+        modelled.frame("SELECT * FROM churn_scores ORDER BY as_of, user_id"), before
+    )

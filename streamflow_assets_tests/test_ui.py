@@ -39,7 +39,7 @@ ARTIFACTS = Path(os.environ.get("STREAMFLOW_TEST_ARTIFACTS", PROJECT / "test-art
 
 
 @pytest.fixture(scope="module")
-def project_env(server_url, seed_drops, tmp_path_factory) -> Iterator[dict[str, str]]:
+def ui_env(server_url, seed_drops, tmp_path_factory) -> Iterator[dict[str, str]]:
     """A database with 2024-01 and 2024-02 materialized, recorded in a DAGSTER_HOME of its own."""
     url = create_database(server_url)
     home = tmp_path_factory.mktemp("dagster_home")
@@ -67,14 +67,14 @@ def project_env(server_url, seed_drops, tmp_path_factory) -> Iterator[dict[str, 
 
 
 @pytest.fixture(scope="module")
-def dagster_ui(project_env) -> Iterator[str]:
+def dagster_ui(ui_env) -> Iterator[str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "dagster", "dev", "-m", "streamflow_assets.definitions",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    process = start_process(command, project_env, f"{base}/server_info")
+    process = start_process(command, ui_env, f"{base}/server_info")
     yield base
     stop_process(process)
 
@@ -153,11 +153,11 @@ def test_a_month_launched_through_graphql_succeeds(dagster_ui):
     assert status == dg.DagsterRunStatus.SUCCESS
 
 
-def test_the_feast_ui_lists_the_feature_views(project_env, page):
+def test_the_feast_ui_lists_the_feature_views(ui_env, page):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "streamflow_assets.cli", "feast-ui", "--port", str(port)]
-    process = start_process(command, project_env, f"{base}/projects-list.json")
+    process = start_process(command, ui_env, f"{base}/projects-list.json")
     try:
         page.goto(f"{base}/p/streamflow/feature-view")
         for view in ("subs_profile_fv", "usage_agg_30d_fv", "payments_agg_90d_fv",
