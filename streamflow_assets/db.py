@@ -2,7 +2,8 @@
 
 `database_url()` is the URL in use (the external one, or the embedded server's, started on demand);
 `get_engine()` the SQLAlchemy engine over it; `feast_connection()` the same connection as the
-parameters Feast's PostgreSQL stores and SQL registry take.
+parameters Feast's PostgreSQL stores take (its SQL registry uses `streamflow://`, see
+feature_store/connection.py).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def check_connection(engine: Engine, *, explicit: bool) -> None:
 
 @dataclass(frozen=True)
 class FeastConnection:
-    """Connection parameters in the shape of Feast's PostgreSQL config and SQL registry."""
+    """Connection parameters in the shape of Feast's PostgreSQL store configs."""
 
     host: str
     port: int
@@ -76,19 +77,6 @@ class FeastConnection:
     user: str
     password: str
     sslmode: str
-    registry_path: str
-
-    def as_env(self) -> dict[str, str]:
-        """Variables that `feature_store.yaml` expands with ${VAR}."""
-        return {
-            "STREAMFLOW_PG_HOST": self.host,
-            "STREAMFLOW_PG_PORT": str(self.port),
-            "STREAMFLOW_PG_DATABASE": self.database,
-            "STREAMFLOW_PG_USER": self.user,
-            "STREAMFLOW_PG_PASSWORD": self.password,
-            "STREAMFLOW_PG_SSLMODE": self.sslmode,
-            "STREAMFLOW_REGISTRY_PATH": self.registry_path,
-        }
 
 
 def feast_connection(settings: Settings) -> FeastConnection:
@@ -105,5 +93,4 @@ def feast_connection(settings: Settings) -> FeastConnection:
         password=url.password or "",
         # Feast's stores default to sslmode=require, which a local server refuses.
         sslmode=str(query.get("sslmode") or "prefer"),
-        registry_path=url.render_as_string(hide_password=False),
     )

@@ -32,7 +32,15 @@ def test_feast_connects_with_the_derived_parameters(settings, database_url):
     )
     with _get_conn(config) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == (database_url.database,)
-    registry = sa.create_engine(params.registry_path)
+
+
+def test_the_registry_url_reaches_the_settings_database_in_its_own_schema(settings, database_url):
+    """feature_store.yaml's `streamflow://?schema=feast_registry`, opened as Feast opens it."""
+    registry = sa.create_engine("streamflow://?schema=feast_registry")
     with registry.connect() as conn:
-        assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+        database, path = conn.execute(
+            sa.text("SELECT current_database(), current_setting('search_path')")
+        ).one()
     registry.dispose()
+    assert database == database_url.database
+    assert path == "feast_registry"
