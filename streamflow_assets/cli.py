@@ -133,8 +133,9 @@ def dev(port, host, dagster_args) -> None:
     """The Dagster UI (dagster dev) on this project's settings and run history."""
     settings = Settings.from_env()
     os.environ.setdefault("DAGSTER_HOME", str(_dagster_home(settings)))
+    # The dagster beside this interpreter: the venv need not be activated.
     command = [
-        "dagster",
+        str(Path(sys.executable).parent / "dagster"),
         "dev",
         "-m",
         "streamflow_assets.definitions",
@@ -145,7 +146,7 @@ def dev(port, host, dagster_args) -> None:
         *dagster_args,
     ]
     click.echo(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}; the UI: http://{host}:{port}")
-    os.execvp(command[0], command)
+    os.execv(command[0], command)
 
 
 @main.command("feast-ui")
@@ -153,11 +154,13 @@ def dev(port, host, dagster_args) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8888, show_default=True)
 def feast_ui(host: str, port: int) -> None:
     """Feast's web UI over feature_repo/ (the same registry Dagster applies)."""
-    from streamflow_assets.feature_store.repo import FEATURE_REPO, feast_command
+    from streamflow_assets.feature_store.repo import feast_command, feature_repo
 
-    get_engine(Settings.from_env())  # a clear error now rather than a Feast traceback
-    click.echo(f"Feast UI of {FEATURE_REPO}: http://{host}:{port}")
-    command = feast_command("ui", "--host", host, "--port", str(port))
+    settings = Settings.from_env()
+    get_engine(settings)  # a clear error now rather than a Feast traceback
+    repo = feature_repo(settings)
+    click.echo(f"Feast UI of {repo}: http://{host}:{port}")
+    command = feast_command(repo, "ui", "--host", host, "--port", str(port))
     os.execv(command[0], command)
 
 
@@ -177,7 +180,7 @@ def bench() -> None:
 @click.option("--skip-naive", is_flag=True, help="Leave out the naive method (about 4 min at 1M).")
 def bench_ingest(users, seed, drops, skip_naive) -> None:
     """Time a month through the pipeline against plain COPY and the naive upserts."""
-    from streamflow_assets.benchmarks import bench_ingest
+    from streamflow_bench.benchmarks import bench_ingest
 
     bench_ingest(users=users, seed=seed, drops=drops, skip_naive=skip_naive)
 
@@ -198,7 +201,7 @@ def bench_ingest(users, seed, drops, skip_naive) -> None:
 )
 def bench_feast(users, seed, months, drops, skip_feast_default) -> None:
     """Time online materialization and training CSVs against Feast's default paths."""
-    from streamflow_assets.benchmarks import bench_feast
+    from streamflow_bench.benchmarks import bench_feast
 
     bench_feast(
         users=users, seed=seed, drops=drops, months=months, feast_default=not skip_feast_default
@@ -226,7 +229,7 @@ def bench_feast(users, seed, months, drops, skip_feast_default) -> None:
 )
 def bench_api(users, seed, drops, workers, requests, seconds) -> None:
     """Latency and requests/s of `streamflow api` beside `feast serve` on the same store."""
-    from streamflow_assets.benchmarks import bench_api
+    from streamflow_bench.benchmarks import bench_api
 
     bench_api(
         users=users, seed=seed, drops=drops, workers=workers, requests=requests, seconds=seconds
@@ -255,12 +258,29 @@ def api(host: str, port: int, workers: int, access_log: bool) -> None:
 
 
 @main.command()
+def graph() -> None:
+    """Print the asset graph as text (docs/asset_graph.txt holds the reviewed copy)."""
+    from streamflow_assets.definitions import defs
+    from streamflow_assets.defs.graph import graph_text
+
+    click.echo(graph_text(defs), nl=False)
+
+
+@bench.command("imports")
+def bench_imports() -> None:
+    """Import time and memory of the API and of the code location, each in a new process."""
+    from streamflow_bench.imports import bench_imports
+
+    bench_imports()
+
+
+@main.command()
 def run() -> None:
     """The main job: every month of the drops folder, oldest first, through the asset graph."""
     import dagster as dg
 
     from streamflow_assets.generator import generate_drops
-    from streamflow_assets.partitions import partitions_in_drops
+    from streamflow_assets.months import partitions_in_drops
     from streamflow_assets.runs import materialize_month
 
     settings = Settings.from_env()
@@ -301,8 +321,8 @@ def run() -> None:
 def _show_results(settings: Settings, partitions: list[str]) -> None:
     """Where the training CSVs are, and one user's features as the online store serves them."""
     from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
+    from streamflow_assets.feature_store.training import training_path
     from streamflow_assets.model import newest_model_dir
-    from streamflow_assets.training import training_path
 
     click.echo("training CSVs:")
     for partition in partitions:
@@ -311,7 +331,7 @@ def _show_results(settings: Settings, partitions: list[str]) -> None:
     with newest.open() as csv:
         csv.readline()
         user_id = csv.readline().split(",")[0].strip('"')
-    store = feature_store()
+    store = feature_store(settings)
     service = store.get_feature_service(FEATURE_SERVICE)
     online = store.get_online_features(features=service, entity_rows=[{"user_id": user_id}])
     values = online.to_dict()

@@ -2,13 +2,13 @@
 
 import dagster as dg
 
-from streamflow_assets.automation import monthly_graph, monthly_schedule, new_drop_sensor
-from streamflow_assets.feature_store.assets import feast_registry, online_features
-from streamflow_assets.ingestion.assets import ingest_monthly_drop
-from streamflow_assets.model import churn_model, churn_scores
-from streamflow_assets.resources import StreamflowDatabase
-from streamflow_assets.snapshots import snapshot_monthly_drop
-from streamflow_assets.training import training_dataset
+from streamflow_assets.defs.automation import monthly_graph, monthly_schedule, new_drop_sensor
+from streamflow_assets.defs.feature_store import feast_registry, online_features
+from streamflow_assets.defs.ingestion import ingest_monthly_drop
+from streamflow_assets.defs.model import churn_model, churn_scores
+from streamflow_assets.defs.resources import streamflow_settings
+from streamflow_assets.defs.snapshots import snapshot_monthly_drop
+from streamflow_assets.defs.training import training_dataset
 
 OWNER = "team:feature-platform"
 
@@ -29,7 +29,7 @@ defs = dg.Definitions(
     jobs=[monthly_graph],
     schedules=[monthly_schedule],
     sensors=[new_drop_sensor],
-    resources={"database": StreamflowDatabase()},
+    resources={"streamflow": streamflow_settings()},
     # The work happens inside PostgreSQL; a process per step would cost more than the step
     # (a month of 2,000 users: 32 s with the multiprocess executor, 3 s in process).
     executor=dg.in_process_executor,

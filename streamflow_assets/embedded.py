@@ -13,22 +13,20 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import warnings
 from pathlib import Path
 
 import fasteners
 import psycopg
+from psycopg import sql
 from sqlalchemy.engine import URL
 
-with warnings.catch_warnings():
-    # pgserver asks platformdirs for a runtime folder at import; without XDG_RUNTIME_DIR
-    # (containers, CI) platformdirs warns and falls back to /tmp, which is fine here.
-    warnings.simplefilter("ignore")
-    import pgserver
-    from pgserver import PostgresServer
-    from pgserver._commands import POSTGRES_BIN_PATH
-    from pgserver.utils import PostmasterInfo, ensure_user_exists
-
+from streamflow_assets.adapters import pgserver
+from streamflow_assets.adapters.pgserver import (
+    POSTGRES_BIN_PATH,
+    PostgresServer,
+    PostmasterInfo,
+    ensure_user_exists,
+)
 from streamflow_assets.settings import HOME_VAR, SettingsError
 
 DATABASE = "streamflow"
@@ -186,4 +184,4 @@ def _ensure_database(info: PostmasterInfo) -> None:
         conn.execute("SELECT pg_advisory_lock(hashtext('streamflow: create database'))")
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
         if not found.fetchone():
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))

@@ -8,16 +8,16 @@ the model's input with `feature_frame`, and the encoding of categories is inside
 offline and online scores of the same values are the same number.
 """
 
+from __future__ import annotations
+
+import hashlib
 import io
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
-import dagster as dg
 import joblib
 import numpy as np
 import pandas as pd
@@ -34,12 +34,20 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sqlalchemy.engine import Engine
 
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
-from streamflow_assets.partitions import as_of, monthly_partitions
-from streamflow_assets.resources import StreamflowDatabase
-from streamflow_assets.training import LABEL, read_training_csv, training_dataset, training_path
-from streamflow_assets.warehouse import markdown_table
+from streamflow_assets.feature_store.training import LABEL, read_training_csv, training_path
+from streamflow_assets.files import atomic_write
+from streamflow_assets.months import as_of, months_between
+from streamflow_assets.report import (
+    CheckOutcome,
+    MissingInputError,
+    StepRefused,
+    StepResult,
+    markdown_table,
+)
+from streamflow_assets.sql import copy_in, ident
 
 SEED = 7
 MAX_TRAINING_ROWS = 500_000
@@ -59,7 +67,7 @@ class Features:
     numeric: list[str]
 
     @classmethod
-    def of(cls, frame: pd.DataFrame) -> "Features":
+    def of(cls, frame: pd.DataFrame) -> Features:
         columns = [c for c in frame.columns if c not in ("user_id", "event_timestamp", LABEL)]
         categorical = [c for c in columns if frame[c].dtype == object]
         return cls(categorical, [c for c in columns if c not in categorical])
@@ -154,12 +162,12 @@ class TrainedModel:
     importance: pd.DataFrame
 
 
-def train(output_dir: Path, partition: str) -> TrainedModel:
+def train(output_dir: Path, first_month: date, partition: str) -> TrainedModel:
     """Train on every earlier month's CSV and evaluate on month M (or split month M 80/20)."""
     current = read_training_csv(training_path(output_dir, partition))
     earlier = [
         p
-        for p in monthly_partitions.get_partition_keys()
+        for p in months_between(first_month, partition)
         if p < partition and training_path(output_dir, p).exists()
     ]
     features = Features.of(current)
@@ -222,9 +230,11 @@ def model_dir(output_dir: Path, partition: str) -> Path:
 
 
 def save(trained: TrainedModel, output_dir: Path, partition: str) -> dict:
-    """Write the model and its card atomically (a new folder renamed into place)."""
+    """Write the model, then its card (which names the model file's hash): readers only take a
+    folder with a card, and a card only vouches for the model it was written with."""
     target = model_dir(output_dir, partition)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target / MODEL_FILE) as tmp:
+        joblib.dump(trained.pipeline, tmp)
     card = {
         "model_version": f"churn-{partition}",
         "partition": partition,
@@ -237,21 +247,16 @@ def save(trained: TrainedModel, output_dir: Path, partition: str) -> dict:
         "holdout": trained.holdout,
         "metrics": trained.metrics,
         "baselines": trained.baselines,
+        "model_sha256": _sha256(target / MODEL_FILE),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{partition}."))
-    joblib.dump(trained.pipeline, staging / MODEL_FILE)
-    (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-    if target.exists():
-        old = target.with_name(f".{partition}.old.{os.getpid()}")
-        target.rename(old)
-        staging.rename(target)
-        for path in old.iterdir():
-            path.unlink()
-        old.rmdir()
-    else:
-        staging.rename(target)
+    with atomic_write(target / CARD_FILE) as tmp:
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,11 @@ class LoadedModel:
 
 def load(folder: Path) -> LoadedModel:
     card = json.loads((folder / CARD_FILE).read_text())
+    if _sha256(folder / MODEL_FILE) != card.get("model_sha256"):
+        raise ValueError(
+            f"{folder / MODEL_FILE} is not the model its card {folder / CARD_FILE} was written "
+            "for (its hash differs): materialize churn_model for that month again"
+        )
     features = Features(card["features"]["categorical"], card["features"]["numeric"])
     return LoadedModel(joblib.load(folder / MODEL_FILE), features, card)
 
@@ -282,43 +292,27 @@ def newest_model_dir(output_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-# ---- assets -----------------------------------------------------------------------------------
+# ---- the monthly steps -------------------------------------------------------------------------
+
+BEATS_BASELINES = (
+    f"ROC AUC above {MIN_ROC_AUC} and log loss below the majority-class baseline's, on the "
+    "hold-out."
+)
 
 
 def _table(frame: pd.DataFrame) -> str:
     return markdown_table(list(frame.columns), frame.itertuples(index=False))
 
 
-@dg.asset(
-    group_name="model",
-    partitions_def=monthly_partitions,
-    deps=[training_dataset],
-    kinds={"scikitlearn"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "beats_baselines",
-            asset="churn_model",
-            description=f"ROC AUC above {MIN_ROC_AUC} and log loss below the majority-class "
-            "baseline's, on the hold-out.",
-            partitions_def=monthly_partitions,
-        )
-    ],
-)
-def churn_model(context: dg.AssetExecutionContext, database: StreamflowDatabase):
-    """The month's churn model: a scikit-learn pipeline (one-hot encoding of the categories,
-    then gradient-boosted trees) trained on the training CSVs of every month before this one and
-    evaluated on this month (the first month: a seeded 80/20 split of its users). Saved under
-    `STREAMFLOW_OUTPUT_DIR/models/<month>/` with its card (features, feature service, training
-    months, metrics) only when it beats the baselines."""
-    partition = context.partition_key
-    output_dir = database.settings().output_dir
+def train_month(output_dir: Path, first_month: date, partition: str) -> StepResult:
+    """Train and evaluate month M's model; save it only when it beats the baselines."""
     if not training_path(output_dir, partition).exists():
-        raise dg.Failure(
+        raise MissingInputError(
             f"{training_path(output_dir, partition)} is missing: materialize training_dataset "
             f"for {partition}"
         )
     started = time.perf_counter()
-    trained = train(output_dir, partition)
+    trained = train(output_dir, first_month, partition)
     majority = trained.baselines["majority class"]
     passed = (
         trained.metrics["roc_auc"] > MIN_ROC_AUC
@@ -333,50 +327,45 @@ def churn_model(context: dg.AssetExecutionContext, database: StreamflowDatabase)
         ]
         + [{"model": name, **values} for name, values in trained.baselines.items()]
     )
-    yield dg.AssetCheckResult(
-        check_name="beats_baselines",
+    check = CheckOutcome(
+        name="beats_baselines",
         passed=passed,
         description=f"ROC AUC {trained.metrics['roc_auc']} (needs > {MIN_ROC_AUC}), log loss "
         f"{trained.metrics['log_loss']} (majority class: {majority['log_loss']})",
-        metadata={"comparison": dg.MetadataValue.md(_table(comparison))},
+        metadata={"comparison": _table(comparison)},
     )
     if not passed:
-        raise dg.Failure(f"churn_model {partition} not saved: it does not beat the baselines")
+        return StepResult(
+            [check],
+            refused=StepRefused(
+                f"churn_model {partition} not saved: it does not beat the baselines"
+            ),
+        )
     card = save(trained, output_dir, partition)
-    yield dg.MaterializeResult(
-        metadata={
+    return StepResult(
+        [check],
+        {
             "model version": card["model_version"],
-            "path": dg.MetadataValue.path(str(model_dir(output_dir, partition))),
+            "path": model_dir(output_dir, partition),
             "training months": ", ".join(trained.training_months),
             "hold-out": trained.holdout,
-            **{k: v for k, v in trained.metrics.items()},
-            "against baselines": dg.MetadataValue.md(_table(comparison)),
-            "calibration by decile": dg.MetadataValue.md(_table(trained.calibration)),
-            "feature importance (ROC AUC drop when shuffled)": dg.MetadataValue.md(
-                _table(trained.importance)
-            ),
+            **dict(trained.metrics.items()),
+            "against baselines": _table(comparison),
+            "calibration by decile": _table(trained.calibration),
+            "feature importance (ROC AUC drop when shuffled)": _table(trained.importance),
             "seconds": round(time.perf_counter() - started, 1),
-        }
+        },
     )
 
 
-@dg.asset(
-    group_name="model",
-    partitions_def=monthly_partitions,
-    deps=[churn_model],
-    kinds={"scikitlearn", "postgres"},
-)
-def churn_scores(context: dg.AssetExecutionContext, database: StreamflowDatabase):
-    """`churn_scores`: every user of the month scored by the month's model (user_id, as_of,
-    score, model_version), from the features of the month's training CSV. Re-running a month
-    replaces exactly that month's rows."""
-    partition = context.partition_key
-    settings = database.settings()
-    folder = model_dir(settings.output_dir, partition)
+def score_month(engine: Engine, output_dir: Path, partition: str) -> dict[str, object]:
+    """Score every user of the month with the month's model into table churn_scores, replacing
+    exactly that month's rows; the metadata of the write."""
+    folder = model_dir(output_dir, partition)
     if not (folder / CARD_FILE).exists():
-        raise dg.Failure(f"no model in {folder}: materialize churn_model for {partition}")
+        raise MissingInputError(f"no model in {folder}: materialize churn_model for {partition}")
     model = load(folder)
-    frame = read_training_csv(training_path(settings.output_dir, partition))
+    frame = read_training_csv(training_path(output_dir, partition))
     scores = pd.DataFrame(
         {
             "user_id": frame["user_id"],
@@ -385,37 +374,28 @@ def churn_scores(context: dg.AssetExecutionContext, database: StreamflowDatabase
             "model_version": model.version,
         }
     )
-    engine = database.engine()
+    table = ident(SCORES_TABLE)
+    # One CSV buffer written by Arrow, one COPY: no Python loop over the rows.
+    buffer = io.BytesIO()
+    pa_csv.write_csv(
+        pa.Table.from_pandas(scores, preserve_index=False),
+        buffer,
+        write_options=pa_csv.WriteOptions(include_header=False),
+    )
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                f"CREATE TABLE IF NOT EXISTS {SCORES_TABLE} (user_id TEXT NOT NULL, "
+                f"CREATE TABLE IF NOT EXISTS {table} (user_id TEXT NOT NULL, "
                 "as_of DATE NOT NULL, score DOUBLE PRECISION NOT NULL, "
                 "model_version TEXT NOT NULL, PRIMARY KEY (user_id, as_of))"
             )
         )
-        conn.execute(
-            sa.text(f"DELETE FROM {SCORES_TABLE} WHERE as_of = :a"), {"a": as_of(partition)}
-        )
-        # One CSV buffer written by Arrow, one COPY: no Python loop over the rows.
-        buffer = io.BytesIO()
-        pa_csv.write_csv(
-            pa.Table.from_pandas(scores, preserve_index=False),
-            buffer,
-            write_options=pa_csv.WriteOptions(include_header=False),
-        )
-        raw = conn.connection.driver_connection
-        with raw.cursor().copy(
-            f"COPY {SCORES_TABLE} (user_id, as_of, score, model_version) FROM STDIN "
-            "WITH (FORMAT csv)"
-        ) as copy:
-            copy.write(buffer.getvalue())
-    return dg.MaterializeResult(
-        metadata={
-            "as_of": str(as_of(partition)),
-            "rows": len(scores),
-            "model version": model.version,
-            "mean score": round(float(scores["score"].mean()), 4),
-            "preview": dg.MetadataValue.md(_table(scores.head(5))),
-        }
-    )
+        conn.execute(sa.text(f"DELETE FROM {table} WHERE as_of = :a"), {"a": as_of(partition)})
+        copy_in(conn, table, list(scores.columns), buffer.getvalue())
+    return {
+        "as_of": str(as_of(partition)),
+        "rows": len(scores),
+        "model version": model.version,
+        "mean score": round(float(scores["score"].mean()), 4),
+        "preview": _table(scores.head(5)),
+    }

@@ -13,14 +13,15 @@ def materialize_month(
     instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize one monthly partition of every asset (or of a selection, like
-    "group:ingestion"); failures are in the result."""
+    "group:ingestion") with the settings in the environment now; failures are in the result."""
     from streamflow_assets.definitions import defs
+    from streamflow_assets.defs.resources import streamflow_settings
 
     return dg.materialize(
         defs.assets,
         partition_key=partition,
         selection=selection,
-        resources=defs.resources,
+        resources={"streamflow": streamflow_settings()},
         instance=instance,
         raise_on_error=False,
         run_config=QUIET,

@@ -5,6 +5,7 @@
 - STREAMFLOW_DROPS_DIR (data/seeds): folder holding month_000, month_001, ...
 - STREAMFLOW_FIRST_MONTH (2024-01): the month that month_000 describes, YYYY-MM
 - STREAMFLOW_OUTPUT_DIR (data/processed): training CSVs and other outputs
+- STREAMFLOW_FEATURE_REPO: the Feast repository; unset, the one installed with the package
 
 Relative paths are taken from the project folder: the nearest folder at or above the working
 directory that holds `workspace.yaml` (else the working directory), so `cd feature_repo && feast
@@ -29,6 +30,17 @@ HOME_VAR = "STREAMFLOW_HOME"
 DROPS_DIR_VAR = "STREAMFLOW_DROPS_DIR"
 FIRST_MONTH_VAR = "STREAMFLOW_FIRST_MONTH"
 OUTPUT_DIR_VAR = "STREAMFLOW_OUTPUT_DIR"
+FEATURE_REPO_VAR = "STREAMFLOW_FEATURE_REPO"
+
+DEFAULTS = {
+    DATABASE_URL_VAR: "",
+    HOME_VAR: ".streamflow",
+    DROPS_DIR_VAR: "data/seeds",
+    FIRST_MONTH_VAR: "2024-01",
+    OUTPUT_DIR_VAR: "data/processed",
+    FEATURE_REPO_VAR: "",
+}
+"""Every setting and its default; an empty value means unset."""
 
 _MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
 
@@ -50,22 +62,34 @@ class Settings:
     first_month: date
     """First day of the month that month_000 describes."""
     output_dir: Path
+    feature_repo: Path | None = None
+    """The Feast repository (feature_repo/); None: the one installed with the package."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings in the environment (unset or empty variables take their defaults)."""
         env = os.environ if environ is None else environ
+        return cls.from_values({var: env.get(var, "") for var in DEFAULTS})
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, str]) -> Settings:
+        """Settings from raw values keyed by variable name, as the environment would hold them;
+        relative paths are taken from the project folder."""
         base = project_dir()
 
-        def path(var: str, default: str) -> Path:
-            raw = env.get(var, "").strip() or default
-            return base / Path(raw).expanduser()
+        def raw(var: str) -> str:
+            return (values.get(var) or "").strip() or DEFAULTS[var]
+
+        def path(var: str) -> Path:
+            return base / Path(raw(var)).expanduser()
 
         return cls(
-            database_url=parse_database_url(env.get(DATABASE_URL_VAR, "")),
-            home=path(HOME_VAR, ".streamflow"),
-            drops_dir=path(DROPS_DIR_VAR, "data/seeds"),
-            first_month=parse_month(env.get(FIRST_MONTH_VAR, "").strip() or "2024-01"),
-            output_dir=path(OUTPUT_DIR_VAR, "data/processed"),
+            database_url=parse_database_url(raw(DATABASE_URL_VAR)),
+            home=path(HOME_VAR),
+            drops_dir=path(DROPS_DIR_VAR),
+            first_month=parse_month(raw(FIRST_MONTH_VAR)),
+            output_dir=path(OUTPUT_DIR_VAR),
+            feature_repo=path(FEATURE_REPO_VAR) if raw(FEATURE_REPO_VAR) else None,
         )
 
 

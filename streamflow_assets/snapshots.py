@@ -8,40 +8,29 @@ deleting and re-inserting a million indexed rows.
 """
 
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from datetime import time as clock
 
-import dagster as dg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from streamflow_assets.partitions import as_of, monthly_partitions
-from streamflow_assets.resources import StreamflowDatabase
-from streamflow_assets.table_specs import SNAPSHOT_TABLES, TableSpec
+from streamflow_assets.months import as_of, event_timestamp
+from streamflow_assets.report import MissingInputError
+from streamflow_assets.sql import first_rows, ident, literal, replace_table, table_exists
+from streamflow_assets.table_specs import TableSpec
 from streamflow_assets.warehouse import (
     DROPS_SCHEMA,
     SNAPSHOT_MONTHS_SCHEMA,
     STAGING_SCHEMA,
-    column_schema,
     drop_stale_staging,
     ensure_tables,
-    ident,
     month_name,
     month_table,
-    partition_lock,
-    preview,
     snapshot_table_ddl,
     staging_name,
-    table_exists,
 )
 
 BUILD_THREADS = 2
-
-
-def event_timestamp(partition: str) -> datetime:
-    """The timestamptz Feast sees for a snapshot: as_of at midnight UTC."""
-    return datetime.combine(as_of(partition), clock(0), tzinfo=UTC)
 
 
 def build_snapshot(engine: Engine, spec: TableSpec, partition: str) -> dict:
@@ -55,7 +44,7 @@ def build_snapshot(engine: Engine, spec: TableSpec, partition: str) -> dict:
     params = {"as_of": as_of(partition), "ts": event_timestamp(partition)}
     with engine.connect() as conn:
         if not table_exists(conn, DROPS_SCHEMA, source):
-            raise dg.Failure(
+            raise MissingInputError(
                 f"{snapshot.name} {partition} is built from the month's validated "
                 f"{spec.file_name}, which is not loaded: materialize {spec.name} for {partition}"
             )
@@ -75,26 +64,19 @@ def build_snapshot(engine: Engine, spec: TableSpec, partition: str) -> dict:
             sa.text(f"ALTER TABLE {target} ADD CHECK (as_of = {_date_literal(partition)})")
         )
     with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP TABLE IF EXISTS {ident(SNAPSHOT_MONTHS_SCHEMA, part)}"))
-        conn.execute(sa.text(f"ALTER TABLE {target} RENAME TO {ident(part)}"))
-        conn.execute(
-            sa.text(
-                f"ALTER TABLE {ident(STAGING_SCHEMA, part)} "
-                f"SET SCHEMA {ident(SNAPSHOT_MONTHS_SCHEMA)}"
-            )
-        )
-        conn.execute(
-            sa.text(
-                f"ALTER TABLE {ident(snapshot.name)} ATTACH PARTITION "
-                f"{ident(SNAPSHOT_MONTHS_SCHEMA, part)} FOR VALUES IN ({_date_literal(partition)})"
-            )
-        )
         partition_table = ident(SNAPSHOT_MONTHS_SCHEMA, part)
-        first_rows = preview(conn, partition_table)
+        replace_table(conn, (STAGING_SCHEMA, staged), (SNAPSHOT_MONTHS_SCHEMA, part))
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE {ident(snapshot.name)} ATTACH PARTITION {partition_table} "
+                f"FOR VALUES IN ({_date_literal(partition)})"
+            )
+        )
+        preview = first_rows(conn, partition_table)
     return {
         "as_of": str(as_of(partition)),
         "rows": rows,
-        "preview": first_rows,
+        "preview": preview,
         "source": f"{DROPS_SCHEMA}.{source}",
         "partition table": f"{SNAPSHOT_MONTHS_SCHEMA}.{part}",
         "seconds": round(time.perf_counter() - started, 2),
@@ -103,48 +85,13 @@ def build_snapshot(engine: Engine, spec: TableSpec, partition: str) -> dict:
 
 def _date_literal(partition: str) -> str:
     # DDL takes no bind parameters; the date comes from a validated partition key.
-    return f"DATE '{as_of(partition).isoformat()}'"
+    return literal(as_of(partition))
 
 
-def _asset_spec(spec: TableSpec) -> dg.AssetSpec:
-    columns = ", ".join(c.name for c in spec.snapshot_columns())
-    return dg.AssetSpec(
-        spec.snapshot.name,
-        group_name="snapshots",
-        deps=[spec.name],
-        kinds={"postgres"},
-        metadata={
-            "dagster/column_schema": column_schema(
-                [spec.column("user_id"), *spec.snapshot_columns()],
-                ("as_of", "date", "last day of the month"),
-                ("event_timestamp", "timestamptz", "as_of at 00:00 UTC, for Feast"),
-            )
-        },
-        description=f"`{spec.snapshot.name}`: each user's {spec.name} values at the end of the "
-        f"month ({columns}), one row per (user_id, as_of), with a timestamptz `event_timestamp` "
-        "for Feast. Rebuilt from the month's validated drop, so re-running an old month never "
-        "picks up newer values.",
-    )
-
-
-@dg.multi_asset(
-    name="snapshot_monthly_drop",
-    specs=[_asset_spec(spec) for spec in SNAPSHOT_TABLES],
-    partitions_def=monthly_partitions,
-    can_subset=True,
-)
-def snapshot_monthly_drop(context: dg.AssetExecutionContext, database: StreamflowDatabase):
-    """Rebuild the selected snapshot tables' month from the month's validated drop."""
-    engine = database.engine()
-    partition = context.partition_key
-    selected = [
-        s for s in SNAPSHOT_TABLES if dg.AssetKey(s.snapshot.name) in context.selected_asset_keys
-    ]
-    with partition_lock(engine, "snapshots", partition):
-        ensure_tables(engine, *(snapshot_table_ddl(spec) for spec in selected))
-        for spec in selected:
-            drop_stale_staging(engine, spec.snapshot.name, partition)
-        with ThreadPoolExecutor(BUILD_THREADS) as pool:
-            built = list(pool.map(lambda spec: build_snapshot(engine, spec, partition), selected))
-    for spec, metadata in zip(selected, built, strict=True):
-        yield dg.MaterializeResult(asset_key=spec.snapshot.name, metadata=metadata)
+def build_snapshots(engine: Engine, specs: Sequence[TableSpec], partition: str) -> list[dict]:
+    """Rebuild month `partition` of the given snapshot tables (the caller holds its lock)."""
+    ensure_tables(engine, *(snapshot_table_ddl(spec) for spec in specs))
+    for spec in specs:
+        drop_stale_staging(engine, spec.snapshot.name, partition)
+    with ThreadPoolExecutor(BUILD_THREADS) as pool:
+        return list(pool.map(lambda spec: build_snapshot(engine, spec, partition), specs))

@@ -12,16 +12,13 @@ Identifiers only ever come from the table specs and from partition keys Dagster 
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
-from collections.abc import Iterator, Sequence
 
-import dagster as dg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
+from streamflow_assets.sql import advisory_lock, ident
 from streamflow_assets.table_specs import Column, SqlType, TableSpec
 
 DROPS_SCHEMA = "drops"
@@ -37,22 +34,7 @@ PG_TYPES: dict[SqlType, str] = {
     "NUMERIC": "numeric",
 }
 
-_preparer = postgresql.dialect().identifier_preparer
 _PARTITION_RE = re.compile(r"^\d{4}-\d{2}$")
-
-
-def ident(*parts: str) -> str:
-    """A quoted, schema-qualified identifier."""
-    return ".".join(_preparer.quote_identifier(p) for p in parts)
-
-
-def literal(value: object) -> str:
-    """A constant from the table specs as an SQL literal (for GX queries, which take text)."""
-    return str(
-        sa.literal(value).compile(
-            dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
-        )
-    )
 
 
 def month_name(base: str, partition: str) -> str:
@@ -109,45 +91,6 @@ def ensure_tables(engine: Engine, *ddl: str) -> None:
             conn.execute(sa.text(statement))
 
 
-def table_exists(conn: Connection, schema: str, name: str) -> bool:
-    found = conn.execute(
-        sa.text("SELECT to_regclass(:qualified) IS NOT NULL"),
-        {"qualified": ident(schema, name)},
-    )
-    return bool(found.scalar_one())
-
-
-def column_schema(columns: Sequence[Column], *extra: tuple[str, str, str]) -> dg.TableSchema:
-    """The columns of a table as Dagster shows them (the asset's *Columns* in the UI)."""
-    return dg.TableSchema(
-        columns=[
-            dg.TableColumn(
-                c.name,
-                PG_TYPES[c.sql_type],
-                description=c.description or None,
-                constraints=dg.TableColumnConstraints(nullable=c.nullable),
-            )
-            for c in columns
-        ]
-        + [
-            dg.TableColumn(name, sql_type, description, dg.TableColumnConstraints(nullable=False))
-            for name, sql_type, description in extra
-        ]
-    )
-
-
-def preview(conn: Connection, table: str, rows: int = 5) -> dg.MetadataValue:
-    """The first rows of a table (by user_id) as a markdown table, for the UI."""
-    result = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY user_id LIMIT {int(rows)}"))
-    return dg.MetadataValue.md(markdown_table(list(result.keys()), list(result)))
-
-
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Rows as a markdown table, the way the UI shows previews."""
-    lines = [columns, ["---"] * len(columns), *rows]
-    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
-
-
 def drop_stale_staging(engine: Engine, base: str, partition: str) -> int:
     """Drop staging tables left by killed runs of a partition (the caller holds its lock)."""
     prefix = month_name(base, partition) + "_"
@@ -166,24 +109,6 @@ def drop_stale_staging(engine: Engine, base: str, partition: str) -> int:
         for name in stale:
             conn.execute(sa.text(f"DROP TABLE {ident(STAGING_SCHEMA, name)}"))
     return len(stale)
-
-
-@contextlib.contextmanager
-def advisory_lock(engine: Engine, key: str) -> Iterator[None]:
-    """Hold a named lock across transactions: another holder of the same key waits here.
-
-    A session-level advisory lock on a connection of its own, released by PostgreSQL if the
-    process dies.
-    """
-    with engine.connect() as conn:
-        params = {"key": f"streamflow:{key}"}
-        conn.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), params)
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), params)
-            conn.commit()
 
 
 def partition_lock(engine: Engine, asset: str, partition: str):

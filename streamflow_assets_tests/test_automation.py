@@ -11,12 +11,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from streamflow_assets.automation import (
+from streamflow_assets.defs.automation import (
     AUTOMATION_VAR,
     default_status,
     monthly_schedule,
     new_drop_sensor,
 )
+from streamflow_assets.defs.resources import streamflow_settings
 from streamflow_assets.table_specs import DROP_FILES
 
 pytestmark = pytest.mark.smoke
@@ -41,7 +42,8 @@ def copy_month(seed_drops: Path, drops: Path, month: int, files=DROP_FILES) -> P
 
 def scheduled(when: str) -> dg.ScheduleEvaluationContext:
     return dg.build_schedule_context(
-        scheduled_execution_time=datetime.fromisoformat(when).replace(tzinfo=UTC)
+        scheduled_execution_time=datetime.fromisoformat(when).replace(tzinfo=UTC),
+        resources={"streamflow": streamflow_settings()},
     )
 
 
@@ -80,7 +82,9 @@ def test_schedule_skips_before_the_first_month(drops):
 
 
 def tick(cursor: str | None = None) -> dg.SensorResult:
-    return new_drop_sensor(dg.build_sensor_context(cursor=cursor))
+    return new_drop_sensor(
+        dg.build_sensor_context(cursor=cursor, resources={"streamflow": streamflow_settings()})
+    )
 
 
 def test_a_new_folder_runs_once_after_a_tick_without_change(drops, seed_drops):

@@ -21,9 +21,10 @@ from feast.value_type import ValueType
 
 from streamflow_assets.db import libpq_url
 from streamflow_assets.feature_store.online import entity_key_sql, value_sql
-from streamflow_assets.feature_store.repo import FEATURE_REPO, FEATURE_SERVICE, feature_store
-from streamflow_assets.snapshots import event_timestamp
-from streamflow_assets.training import training_table
+from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_repo, feature_store
+from streamflow_assets.feature_store.training import training_table
+from streamflow_assets.months import event_timestamp
+from streamflow_assets.settings import Settings
 from streamflow_assets_tests.conftest import (
     TEST_URL_VAR,
     Warehouse,
@@ -90,7 +91,7 @@ def test_feast_cli_applies_and_lists_with_nothing_but_the_settings(server_url, t
     try:
         applied = subprocess.run(
             [*feast, "apply"],
-            cwd=FEATURE_REPO,
+            cwd=feature_repo(Settings.from_env()),
             env=env,
             capture_output=True,
             text=True,
@@ -99,7 +100,7 @@ def test_feast_cli_applies_and_lists_with_nothing_but_the_settings(server_url, t
         assert applied.returncode == 0, applied.stdout + applied.stderr
         listed = subprocess.run(
             [*feast, "feature-views", "list"],
-            cwd=FEATURE_REPO,
+            cwd=feature_repo(Settings.from_env()),
             env=env,
             capture_output=True,
             text=True,
@@ -137,7 +138,7 @@ def test_feast_cli_applies_and_lists_with_nothing_but_the_settings(server_url, t
 
 
 def _online(users: list[str]) -> pd.DataFrame:
-    store = feature_store()
+    store = feature_store(Settings.from_env())
     frame = store.get_online_features(
         features=store.get_feature_service(FEATURE_SERVICE),
         entity_rows=[{"user_id": u} for u in users],
@@ -286,7 +287,7 @@ def test_training_matches_feasts_get_historical_features(two_orders):
     made = two_orders
     warehouse = made["new_york"]
     warehouse.activate()
-    store = feature_store()
+    store = feature_store(Settings.from_env())
     ours = training_table(warehouse.engine, store, "2024-02").to_pandas()
     entities = ours[["user_id", "event_timestamp"]]
     theirs = (
@@ -334,7 +335,7 @@ def test_online_store_keeps_answering_while_a_month_is_materialized(two_orders):
         # Another process in production; a thread with its own FeatureStore here.
         from feast import FeatureStore
 
-        store = FeatureStore(repo_path=str(FEATURE_REPO))
+        store = FeatureStore(repo_path=str(feature_repo(Settings.from_env())))
         while not done.is_set():
             try:
                 frame = store.get_online_features(

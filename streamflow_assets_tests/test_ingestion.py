@@ -17,7 +17,7 @@ import pytest
 from streamflow_assets.db import libpq_url
 from streamflow_assets.definitions import defs
 from streamflow_assets.generator import generate_drops
-from streamflow_assets.partitions import partitions_in_drops
+from streamflow_assets.months import partitions_in_drops
 from streamflow_assets.settings import DropFolderError, Settings
 from streamflow_assets.table_specs import SNAPSHOT_TABLES, TABLES
 from streamflow_assets.warehouse import STAGING_SCHEMA

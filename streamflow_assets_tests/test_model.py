@@ -12,6 +12,7 @@ import pytest
 
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.model import model_dir
+from streamflow_assets.settings import Settings
 from streamflow_assets_tests.conftest import (
     SEED_USERS,
     Warehouse,
@@ -60,7 +61,7 @@ def test_the_first_month_trains_on_80_percent_of_its_users(modelled):
 
 def test_the_card_names_the_feature_service_and_its_features(modelled):
     modelled.activate()
-    store = feature_store()
+    store = feature_store(Settings.from_env())
     service = store.get_feature_service(FEATURE_SERVICE)
     served = {f.name for p in service.feature_view_projections for f in p.features}
     march = card(modelled, "2024-03")

@@ -20,14 +20,17 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from feast import FeatureView
-from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RepoConfig
-from feast.value_type import ValueType
 from sqlalchemy.engine import Connection, Engine
 
-from streamflow_assets.warehouse import STAGING_SCHEMA, advisory_lock, ident, literal
+from streamflow_assets.adapters.feast import (
+    ValueType,
+    entity_key_prefix,
+    online_table_name,
+    value_field_number,
+)
+from streamflow_assets.sql import advisory_lock, ident, literal, replace_table, table_exists
+from streamflow_assets.warehouse import STAGING_SCHEMA
 
 _ON_TABLE = re.compile(r" ON \S+ USING ")
 _VARINT, _FIXED64, _LENGTH_DELIMITED = 0, 1, 2
@@ -35,7 +38,7 @@ _VARINT, _FIXED64, _LENGTH_DELIMITED = 0, 1, 2
 
 def _tag(field: str, wire_type: int) -> str:
     """The protobuf key byte of a Value field, as a bytea literal."""
-    number = Value.DESCRIPTOR.fields_by_name[field].number
+    number = value_field_number(field)
     return f"'\\x{(number << 3 | wire_type):02x}'::bytea"
 
 
@@ -99,17 +102,14 @@ def value_sql(value_type: ValueType, column: str) -> tuple[str, str]:
 
 def entity_key_sql(join_key: str, column: str) -> tuple[str, dict]:
     """Feast's serialized entity key (version 3, one string join key) of a column."""
-    empty = serialize_entity_key(
-        EntityKey(join_keys=[join_key], entity_values=[Value(string_val="")]), 3
-    )
-    prefix = empty[:-4]  # everything up to the value's length, which is 0 here
+    prefix = entity_key_prefix(join_key)
     utf8 = f"convert_to({ident(column)}, 'UTF8')"
     return f"(:ek_prefix || {_le32(f'octet_length({utf8})')} || {utf8})", {"ek_prefix": prefix}
 
 
 def online_table(config: RepoConfig, view: FeatureView) -> tuple[str, str]:
     """(schema, table) of a feature view in the online store."""
-    return config.online_store.db_schema, f"{config.project}_{view.name}"
+    return config.online_store.db_schema, online_table_name(config, view)
 
 
 def write_month(
@@ -133,7 +133,7 @@ def write_month(
     staged = ident(STAGING_SCHEMA, table)
 
     with advisory_lock(engine, f"online:{table}"), engine.begin() as conn:
-        if not _exists(conn, schema, table):
+        if not table_exists(conn, schema, table):
             raise LookupError(
                 f"online table {schema}.{table} does not exist: materialize feast_registry "
                 "(feast apply) first"
@@ -188,8 +188,7 @@ def write_month(
         # A new table has no statistics until autovacuum gets to it; meanwhile the plans of
         # Feast's reads go wrong (one user: 2.7 ms instead of 0.7 ms at 1M users).
         conn.execute(sa.text(f"ANALYZE {staged}"))
-        conn.execute(sa.text(f"DROP TABLE {live}"))
-        conn.execute(sa.text(f"ALTER TABLE {staged} SET SCHEMA {ident(schema)}"))
+        replace_table(conn, (STAGING_SCHEMA, table), (schema, table))
     return {
         "feature view": view.name,
         "online table": f"{schema}.{table}",
@@ -199,15 +198,6 @@ def write_month(
         "old month under newer values": older_than_online,
         "seconds": round(time.perf_counter() - started, 2),
     }
-
-
-def _exists(conn: Connection, schema: str, table: str) -> bool:
-    return (
-        conn.execute(
-            sa.text("SELECT to_regclass(:name) IS NOT NULL"), {"name": f"{schema}.{table}"}
-        ).scalar()
-        is True
-    )
 
 
 def _copy_indexes(conn: Connection, schema: str, table: str) -> None:

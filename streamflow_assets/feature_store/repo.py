@@ -1,4 +1,9 @@
-"""The project's Feast repository (`feature_repo/`) as Python objects."""
+"""The project's Feast repository (`feature_repo/`) as Python objects, and the store over it.
+
+The repository is found through STREAMFLOW_FEATURE_REPO when it is set; otherwise it is the copy
+installed with the package (a wheel carries it as `streamflow_assets/feature_repo/`), or, in a
+source checkout (an editable install), `feature_repo/` beside the package.
+"""
 
 from __future__ import annotations
 
@@ -11,53 +16,62 @@ import threading
 from pathlib import Path
 
 from feast import FeatureStore
-from feast.repo_contents import RepoContents
-from feast.repo_operations import get_repo_files, parse_repo
-from sqlalchemy.engine import URL
 
-from streamflow_assets.settings import Settings
-
-FEATURE_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
-"""feature_repo/ beside the package (the project is installed editable, here and in docker/)."""
+from streamflow_assets.adapters.feast import RepoContents, parse_repo, repo_files
+from streamflow_assets.settings import FEATURE_REPO_VAR, Settings
 
 FEATURE_SERVICE = "churn_features"
 
+_PACKAGE = Path(__file__).resolve().parents[1]
 _parse_lock = threading.Lock()
 
 
-def feature_store() -> FeatureStore:
-    """Feast's FeatureStore over feature_repo/, connected through the project's settings: one
+def feature_repo(settings: Settings) -> Path:
+    """The Feast repository in use."""
+    if settings.feature_repo is not None:
+        candidates = [settings.feature_repo]
+    else:
+        candidates = [_PACKAGE / "feature_repo", _PACKAGE.parent / "feature_repo"]
+    for folder in candidates:
+        if (folder / "feature_store.yaml").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"no Feast repository (feature_store.yaml) in {' or '.join(map(str, candidates))}: set "
+        f"{FEATURE_REPO_VAR} to the project's feature_repo/ folder"
+    )
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    """Feast's FeatureStore over the repository, connected through the project's settings: one
     per process and database (each holds connection pools), its registry cache refreshed."""
-    settings = Settings.from_env()
-    store = _store(settings.database_url, settings.home)
+    store = _store(feature_repo(settings), settings.database_url, settings.home)
     store.refresh_registry()
     return store
 
 
 @functools.cache
-def _store(database_url: URL | None, home: Path) -> FeatureStore:
-    return FeatureStore(repo_path=str(FEATURE_REPO))
+def _store(repo: Path, database_url, home: Path) -> FeatureStore:
+    return FeatureStore(repo_path=str(repo))
 
 
-def feast_command(*args: str) -> list[str]:
-    """The feast CLI of this interpreter on feature_repo/, e.g. feast_command("ui")."""
-    return [sys.executable, "-m", "feast.cli.cli", "-c", str(FEATURE_REPO), *args]
+def feast_command(repo: Path, *args: str) -> list[str]:
+    """The feast CLI of this interpreter on the repository, e.g. feast_command(repo, "ui")."""
+    return [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), *args]
 
 
-def repo_contents() -> RepoContents:
+def repo_contents(repo: Path) -> RepoContents:
     """The objects `feast apply` would register, parsed the way the feast CLI does."""
-    with _parse_lock, _working_directory(FEATURE_REPO):
-        if str(FEATURE_REPO) not in sys.path:
-            sys.path.insert(0, str(FEATURE_REPO))
-        return parse_repo(FEATURE_REPO)
+    with _parse_lock, _working_directory(repo):
+        if str(repo) not in sys.path:
+            sys.path.insert(0, str(repo))
+        return parse_repo(repo)
 
 
-def definitions_version() -> str:
-    """A hash of feature_repo's files: changes whenever a definition does."""
+def definitions_version(repo: Path) -> str:
+    """A hash of the repository's files: changes whenever a definition does."""
     digest = hashlib.sha256()
-    files = [*get_repo_files(FEATURE_REPO), FEATURE_REPO / "feature_store.yaml"]
-    for path in sorted(files):
-        digest.update(path.relative_to(FEATURE_REPO).as_posix().encode())
+    for path in sorted([*repo_files(repo), repo / "feature_store.yaml"]):
+        digest.update(path.relative_to(repo).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,12 +12,11 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from streamflow_assets.partitions import drop_folder
+from streamflow_assets.months import drop_folder
 from streamflow_assets.settings import Settings
+from streamflow_assets.sql import COPY_CHUNK, copy_in, file_chunks, ident
 from streamflow_assets.table_specs import DROP_FILES, TableSpec
-from streamflow_assets.warehouse import PG_TYPES, STAGING_SCHEMA, ident, staging_name
-
-_CHUNK = 1 << 20
+from streamflow_assets.warehouse import PG_TYPES, STAGING_SCHEMA, staging_name
 
 
 class DropError(ValueError):
@@ -48,7 +49,7 @@ def open_drop_file(settings: Settings, spec: TableSpec, partition: str) -> DropF
         if not first.strip():
             raise DropError(f"{path} is empty: expected a header row and one row per user")
         newlines, last = first.count(b"\n"), first
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(COPY_CHUNK):
             newlines += chunk.count(b"\n")
             last = chunk
     try:
@@ -67,31 +68,22 @@ def stage_raw(engine: Engine, drop: DropFile) -> str:
     with its user_id, instead of aborting the COPY.
     """
     name = staging_name(drop.spec.name, drop.partition, "raw")
+    table = ident(STAGING_SCHEMA, name)
     columns = ", ".join(f"{ident(c.name)} text" for c in drop.spec.columns)
     # The header was checked against the spec before staging: these are spec column names.
-    file_columns = ", ".join(ident(drop.spec.column(h).name) for h in drop.header)
-    raw = engine.raw_connection()
+    file_columns = [drop.spec.column(h).name for h in drop.header]
     try:
-        conn: psycopg.Connection = raw.driver_connection
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE UNLOGGED TABLE {ident(STAGING_SCHEMA, name)} ({columns})")
-            copy_sql = (
-                f"COPY {ident(STAGING_SCHEMA, name)} ({file_columns}) "
-                "FROM STDIN WITH (FORMAT csv, HEADER true)"
-            )
-            with cur.copy(copy_sql) as copy, open(drop.path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    copy.write(chunk)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE UNLOGGED TABLE {table} ({columns})"))
+            copy_in(conn, table, file_columns, file_chunks(drop.path), header=True)
             # Fresh tables have no statistics: validation queries would get poor plans.
-            cur.execute(f"ANALYZE {ident(STAGING_SCHEMA, name)}")
-        conn.commit()
-    except psycopg.Error as exc:
-        conn.rollback()
-        detail = exc.diag.message_primary or str(exc)
-        where = exc.diag.context or ""
+            conn.execute(sa.text(f"ANALYZE {table}"))
+    except (psycopg.Error, sa.exc.DBAPIError) as exc:
+        error = getattr(exc, "orig", None) or exc
+        diag = getattr(error, "diag", None)
+        detail = (diag.message_primary if diag else None) or str(error)
+        where = (diag.context if diag else None) or ""
         raise DropError(f"{drop.path} cannot be read as CSV: {detail} ({where.strip()})") from None
-    finally:
-        raw.close()
     return name
 
 
@@ -113,3 +105,33 @@ def cast_staged(engine: Engine, spec: TableSpec, raw: str, typed: str) -> None:
 def drop_staging_table(engine: Engine, name: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {ident(STAGING_SCHEMA, name)}"))
+
+
+@dataclass(frozen=True)
+class DropState:
+    """A drop folder as the sensor sees it: which of the six files it has, and their stamps."""
+
+    folder: Path
+    missing: tuple[str, ...]
+    stamps: dict[str, list[int]]
+    """file name -> [size, mtime_ns] of every drop file present."""
+
+    @classmethod
+    def read(cls, folder: Path) -> DropState:
+        stamps, missing = {}, []
+        for name in DROP_FILES:
+            try:
+                stat = (folder / name).stat()
+            except FileNotFoundError:
+                missing.append(name)
+                continue
+            stamps[name] = [stat.st_size, stat.st_mtime_ns]
+        return cls(folder, tuple(missing), stamps)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.stamps, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -19,14 +19,9 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from streamflow_assets.sql import advisory_lock, ident, replace_table
 from streamflow_assets.table_specs import TableSpec
-from streamflow_assets.warehouse import (
-    DROPS_SCHEMA,
-    STAGING_SCHEMA,
-    advisory_lock,
-    ident,
-    month_table,
-)
+from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA, month_table
 
 BUILD_THREADS = 2
 
@@ -110,18 +105,14 @@ def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> Pub
 
 def _swap(conn: sa.Connection, spec: TableSpec, typed: str, target: str) -> None:
     """Inside the publish transaction: make the staged tables the month record and live table."""
-    live = ident(spec.name)
-    conn.execute(sa.text(f"DROP TABLE IF EXISTS {ident(DROPS_SCHEMA, target)}"))
-    conn.execute(sa.text(f"ALTER TABLE {ident(STAGING_SCHEMA, typed)} RENAME TO {ident(target)}"))
-    conn.execute(
-        sa.text(f"ALTER TABLE {ident(STAGING_SCHEMA, target)} SET SCHEMA {ident(DROPS_SCHEMA)}")
-    )
-    conn.execute(sa.text(f"DROP TABLE {live}"))
+    replace_table(conn, (STAGING_SCHEMA, typed), (DROPS_SCHEMA, target))
     nxt = _next_name(typed)
-    conn.execute(sa.text(f"ALTER TABLE {ident(STAGING_SCHEMA, nxt)} SET SCHEMA public"))
-    conn.execute(sa.text(f"ALTER TABLE {ident(nxt)} RENAME TO {live}"))
-    key, live_key = ident(nxt + "_pkey"), ident(spec.name + "_pkey")
-    conn.execute(sa.text(f"ALTER TABLE {live} RENAME CONSTRAINT {key} TO {live_key}"))
+    replace_table(
+        conn,
+        (STAGING_SCHEMA, nxt),
+        ("public", spec.name),
+        primary_key=(f"{nxt}_pkey", f"{spec.name}_pkey"),
+    )
 
 
 @contextlib.contextmanager

@@ -1,17 +1,17 @@
-"""Validation of a staged drop with Great Expectations 1.x, reported as Dagster asset checks.
+"""Validation of a staged drop with Great Expectations 1.x, grouped into named checks.
 
 Expectations are derived from the table specs and grouped into a few checks with stable names.
 The blocking ones run before anything is published; the first blocking check that fails stops
 the partition (its later checks would only repeat the failure in other words).
 
-| check              | severity | what                                                          |
+| check              | blocking | what                                                          |
 |--------------------|----------|---------------------------------------------------------------|
-| file_format        | ERROR    | exact column set, no duplicate column, rows in file = staged  |
-| values_parse       | ERROR    | every value parses as its SQL type                            |
-| user_ids           | ERROR    | user_id present, unique, well-formed, in the month's users   |
-| allowed_values     | ERROR    | NOT NULL columns, allowed values, ranges, plan_stream_* rule |
-| all_users_present  | WARN     | users of the month's users file missing from this file       |
-| row_count_stable   | WARN     | row count within 20% of the previous month's                 |
+| file_format        | yes      | exact column set, no duplicate column, rows in file = staged  |
+| values_parse       | yes      | every value parses as its SQL type                            |
+| user_ids           | yes      | user_id present, unique, well-formed, in the month's users   |
+| allowed_values     | yes      | NOT NULL columns, allowed values, ranges, plan_stream_* rule |
+| all_users_present  | no       | users of the month's users file missing from this file       |
+| row_count_stable   | no       | row count within 20% of the previous month's                 |
 """
 
 from __future__ import annotations
@@ -19,21 +19,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
 
-import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from streamflow_assets.adapters.gx import UnexpectedRowCount, context, gx, gxe
+from streamflow_assets.sql import ident, literal
 from streamflow_assets.table_specs import USERS, TableSpec
-from streamflow_assets.warehouse import ident, literal
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
 SAMPLE_SIZE = 5
 ROW_COUNT_TOLERANCE = 0.2
@@ -47,71 +40,46 @@ BOOLEAN_SPELLINGS = ["True", "False"]
 """How booleans are written in a drop (an IN test: 10x cheaper than a regex per value)."""
 
 
-class UnexpectedRowCount(gxe.UnexpectedRowsExpectation):
-    """UnexpectedRowsExpectation that only counts the rows.
-
-    The stock expectation runs its query twice, once to fetch the rows and once to count them;
-    on the quick pass only the count matters. A failed one is asked again as the stock
-    expectation, which brings back the rows.
-    """
-
-    metric_dependencies: ClassVar[tuple[str, ...]] = ("unexpected_rows_query.row_count",)
-
-    def _validate(self, metrics: dict, runtime_configuration=None, execution_engine=None):
-        count = metrics["unexpected_rows_query.row_count"]
-        return {"success": count == 0, "result": {"observed_value": count}}
-
-    def with_rows(self) -> gxe.UnexpectedRowsExpectation:
-        return gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=self.unexpected_rows_query,
-            description=self.description,
-            meta=self.meta,
-        )
-
-
 @dataclass(frozen=True)
 class Check:
     name: str
-    severity: dg.AssetCheckSeverity
+    blocking: bool
+    """A failed blocking check stops the drop; any other is a warning."""
     description: str
-
-    @property
-    def blocking(self) -> bool:
-        return self.severity == dg.AssetCheckSeverity.ERROR
 
 
 FILE_FORMAT = Check(
     "file_format",
-    dg.AssetCheckSeverity.ERROR,
+    True,
     "The file has exactly the table's columns (optional add-on columns may be absent), no "
     "column twice, and every line after the header was staged as one row.",
 )
 VALUES_PARSE = Check(
     "values_parse",
-    dg.AssetCheckSeverity.ERROR,
+    True,
     "Every value parses as its column's SQL type: integers, decimals, True/False, real "
     "YYYY-MM-DD dates.",
 )
 USER_IDS = Check(
     "user_ids",
-    dg.AssetCheckSeverity.ERROR,
+    True,
     "user_id is present, unique, shaped like 7590-VHVEG, and (except in users) listed in the "
     "month's users file.",
 )
 ALLOWED_VALUES = Check(
     "allowed_values",
-    dg.AssetCheckSeverity.ERROR,
+    True,
     "Required columns have values, categories are allowed values, numbers are in range, and "
     "plan_stream_* are NULL exactly when net_service is No.",
 )
 ALL_USERS_PRESENT = Check(
     "all_users_present",
-    dg.AssetCheckSeverity.WARN,
+    False,
     "Every user of the month's users file has a row in this file.",
 )
 ROW_COUNT_STABLE = Check(
     "row_count_stable",
-    dg.AssetCheckSeverity.WARN,
+    False,
     f"The row count is within {ROW_COUNT_TOLERANCE:.0%} of the previous month's.",
 )
 
@@ -160,30 +128,16 @@ class CheckReport:
     def failures(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.success]
 
-    def to_result(self, asset_key: dg.AssetKey) -> dg.AssetCheckResult:
-        failures = self.failures
-        table = "\n".join(
+    def failure_table(self) -> str | None:
+        """The failed expectations as a markdown table, or None when all passed."""
+        if not self.failures:
+            return None
+        rows = "\n".join(
             f"| `{o.column or ''}` | {o.expectation} | {o.unexpected_count:,} | "
             f"{'; '.join(o.samples) or o.observed} |"
-            for o in failures
+            for o in self.failures
         )
-        metadata: dict[str, dg.RawMetadataValue] = {
-            "expectations": len(self.outcomes),
-            "failed expectations": len(failures),
-            "unexpected rows": sum(o.unexpected_count for o in failures),
-        }
-        if failures:
-            metadata["failures"] = dg.MetadataValue.md(
-                "| column | expectation | unexpected | examples |\n|---|---|---|---|\n" + table
-            )
-        return dg.AssetCheckResult(
-            asset_key=asset_key,
-            check_name=self.check.name,
-            passed=self.passed,
-            severity=self.check.severity,
-            metadata=metadata,
-            description=self.check.description,
-        )
+        return "| column | expectation | unexpected | examples |\n|---|---|---|---|\n" + rows
 
 
 def _user_id_samples(result: dict, column: str | None) -> list[str]:
@@ -238,8 +192,7 @@ class Validator:
     """Runs expectation suites against tables of one database or against a data frame."""
 
     def __init__(self, url: URL):
-        self._context = gx.get_context(mode="ephemeral")
-        self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self._context = context()
         self._url = url
         self._sql = None
         self._batches: dict[tuple[str, str], object] = {}

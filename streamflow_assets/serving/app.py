@@ -20,13 +20,13 @@ from fastapi.responses import JSONResponse
 from feast import FeatureService, FeatureStore
 from feast.errors import FeatureServiceNotFoundException
 from pydantic import BaseModel, Field, StringConstraints
-from typeguard import suppress_type_checks
 
+from streamflow_assets.adapters.feast import type_checks_off
 from streamflow_assets.db import get_engine
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.model import LoadedModel, newest_model_dir
 from streamflow_assets.model import load as load_model
-from streamflow_assets.partitions import partition_key
+from streamflow_assets.months import partition_key
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import USER_ID_PATTERN
 
@@ -154,12 +154,13 @@ class NotReady(RuntimeError):
 class Models:
     """The newest saved churn model, reloaded when a newer month's model appears."""
 
-    def __init__(self):
+    def __init__(self, output_dir: pathlib.Path):
+        self._output_dir = output_dir
         self._folder: pathlib.Path | None = None
         self._model: LoadedModel | None = None
 
     def newest(self) -> LoadedModel:
-        output_dir = Settings.from_env().output_dir
+        output_dir = self._output_dir
         folder = newest_model_dir(output_dir)
         if folder is None:
             raise NotReady(
@@ -170,20 +171,22 @@ class Models:
         return self._model
 
 
-def create_app() -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API over the given settings (read from the environment once, when not given)."""
+    settings = settings or Settings.from_env()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.online = None
-        app.state.models = Models()
-        # Feast checks the types of its own arguments on every call (typeguard), about a
-        # sixth of a one-user read; here the API builds those arguments itself.
-        with suppress_type_checks():
+        app.state.models = Models(settings.output_dir)
+        # The API builds Feast's arguments itself: Feast need not check their types per call.
+        with type_checks_off():
             yield
 
     def online(request: Request) -> Online:
         """The feature service, looked up on first use: the API may start before `feast apply`."""
         if request.app.state.online is None:
-            store = feature_store()
+            store = feature_store(settings)
             try:
                 service = store.get_feature_service(FEATURE_SERVICE, allow_cache=False)
             except FeatureServiceNotFoundException:
@@ -221,7 +224,7 @@ def create_app() -> FastAPI:
     )
     def health(request: Request):
         try:
-            with get_engine(Settings.from_env()).connect() as conn:
+            with get_engine(settings).connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
             store = online(request).store
             views = store.registry.list_feature_views(store.project, allow_cache=False)

@@ -1,26 +1,19 @@
-"""The one monthly partitions definition, and how a partition maps to its drop folder and as_of."""
+"""Months as the pipeline counts them: a partition key `YYYY-MM`, its as_of, its drop folder.
+
+The Dagster partitions definition (streamflow_assets/defs/partitions.py) has the same keys: calendar
+months from STREAMFLOW_FIRST_MONTH to the last completed month.
+"""
 
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
+from datetime import time as clock
 from pathlib import Path
-
-import dagster as dg
 
 from streamflow_assets.settings import DropFolderError, Settings, add_months, month_end
 
 _FOLDER_RE = re.compile(r"^month_(\d{3})$")
-
-
-def _first_month() -> date:
-    return Settings.from_env().first_month
-
-
-monthly_partitions = dg.MonthlyPartitionsDefinition(
-    start_date=_first_month().strftime("%Y-%m"), fmt="%Y-%m"
-)
-"""Calendar months keyed YYYY-MM, from STREAMFLOW_FIRST_MONTH to the last completed month."""
 
 
 def month_of(partition_key: str) -> date:
@@ -36,6 +29,26 @@ def as_of(partition_key: str) -> date:
 
 def partition_key(month: date) -> str:
     return month.strftime("%Y-%m")
+
+
+def event_timestamp(partition: str) -> datetime:
+    """The timestamptz Feast sees for a month's snapshot rows: as_of at midnight UTC."""
+    return datetime.combine(as_of(partition), clock(0), tzinfo=UTC)
+
+
+def last_complete_month(today: date | None = None) -> str:
+    """The newest month that has ended: the last partition there is."""
+    today = today or datetime.now(UTC).date()
+    return partition_key(add_months(today.replace(day=1), -1))
+
+
+def months_between(first: date, last: str) -> list[str]:
+    """Every partition key from the first month to `last`, oldest first."""
+    keys, month = [], first
+    while partition_key(month) <= last:
+        keys.append(partition_key(month))
+        month = add_months(month, 1)
+    return keys
 
 
 def folder_name(partition: str, first_month: date) -> str:
@@ -63,7 +76,7 @@ def partitions_in_drops(settings: Settings) -> dict[str, Path]:
     """The partition key of every month folder in the drops folder, oldest first."""
     if not settings.drops_dir.is_dir():
         return {}
-    last = monthly_partitions.get_last_partition_key()
+    last = last_complete_month()
     found = {}
     for folder in sorted(p for p in settings.drops_dir.iterdir() if p.is_dir()):
         key = partition_of_folder(folder.name, settings.first_month)
@@ -71,7 +84,7 @@ def partitions_in_drops(settings: Settings) -> dict[str, Path]:
             raise DropFolderError(
                 f"{folder} is not a month folder: drop folders are named month_000, month_001, ..."
             )
-        if last is None or key > last:
+        if key > last:
             raise DropFolderError(
                 f"{folder} maps to {key}, which has no partition yet: partitions run from "
                 f"{settings.first_month:%Y-%m} (STREAMFLOW_FIRST_MONTH) to the last completed "

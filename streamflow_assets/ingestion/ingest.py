@@ -1,20 +1,19 @@
-"""The six live tables as one monthly multi-asset, built over the table specs.
+"""A month's drop, write-audit-publish: stage and validate every selected file, then publish all.
 
-A partition is one month's drop, written-audited-published as a whole: every selected file is
-staged with COPY and validated (the asset checks), and only when no blocking check failed are they
+Every selected file is staged with COPY and validated; only when no blocking check failed are they
 all published in one transaction — each kept as the month's record (`drops.<table>_<YYYY_MM>`)
 and merged into its live table (see publish.py). A bad file therefore changes no table at all,
 and the live tables never mix months because one file of a drop was rejected.
 """
 
+from __future__ import annotations
+
 import contextlib
 import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -38,7 +37,6 @@ from streamflow_assets.ingestion.validation import (
     CheckReport,
     Outcome,
     Validator,
-    checks_for,
     coverage_expectations,
     header_expectations,
     parse_expectations,
@@ -47,23 +45,19 @@ from streamflow_assets.ingestion.validation import (
     user_id_expectations,
     value_expectations,
 )
-from streamflow_assets.partitions import as_of, month_of, monthly_partitions, partition_key
-from streamflow_assets.resources import StreamflowDatabase
+from streamflow_assets.months import as_of, month_of, partition_key
+from streamflow_assets.report import MissingInputError, StepRefused
 from streamflow_assets.settings import Settings, add_months
-from streamflow_assets.table_specs import TABLES, USERS, TableSpec
+from streamflow_assets.sql import first_rows, ident, table_exists
+from streamflow_assets.table_specs import USERS, TableSpec
 from streamflow_assets.warehouse import (
     DROPS_SCHEMA,
     STAGING_SCHEMA,
-    column_schema,
     drop_stale_staging,
     ensure_tables,
-    ident,
     live_table_ddl,
     month_table,
-    partition_lock,
-    preview,
     staging_name,
-    table_exists,
 )
 
 VALIDATION_THREADS = 2
@@ -97,6 +91,14 @@ class StagedFile:
     @property
     def label(self) -> str:
         return str(self.drop.path) if self.drop else self.spec.file_name
+
+
+def prepare(engine: Engine, specs: Sequence[TableSpec], partition: str) -> None:
+    """The live tables exist; staging left by killed runs of this month is gone (the caller
+    holds the month's lock)."""
+    ensure_tables(engine, *(live_table_ddl(spec) for spec in specs))
+    for spec in specs:
+        drop_stale_staging(engine, spec.name, partition)
 
 
 def _previous_rows(engine: Engine, spec: TableSpec, partition: str) -> int | None:
@@ -173,13 +175,39 @@ def _users_reference(
     with engine.connect() as conn:
         if table_exists(conn, DROPS_SCHEMA, name):
             return (DROPS_SCHEMA, name)
-    raise dg.Failure(
+    raise MissingInputError(
         f"the files of {partition} are checked against the month's users file, which is not "
         f"loaded: materialize users for {partition} too"
     )
 
 
-def _failure(files: list[StagedFile]) -> dg.Failure:
+@contextlib.contextmanager
+def staged_drop(
+    settings: Settings, engine: Engine, specs: Sequence[TableSpec], partition: str
+) -> Iterator[list[StagedFile]]:
+    """Stage and validate the files of a month; their staging tables are dropped afterwards
+    (a published file's typed table has become the month's record by then)."""
+    files: list[StagedFile] = []
+    try:
+        with ThreadPoolExecutor(VALIDATION_THREADS) as pool:
+            # Every file's own checks first; the checks against the month's users need users'
+            # typed table, and only that, so they come in a second round.
+            files = list(pool.map(lambda s: stage_file(settings, engine, s, partition), specs))
+            staged_users = next((f for f in files if f.spec.name == USERS.name), None)
+            users = _users_reference(engine, partition, staged_users)
+            list(pool.map(lambda f: check_values(engine, f, partition, users), files))
+        yield files
+    finally:
+        for staged in files:
+            for name in (staged.raw, staged.typed):
+                if name:
+                    drop_staging_table(engine, name)
+
+
+def refuse_if_blocked(files: Sequence[StagedFile]) -> None:
+    """Raise StepRefused naming every file, check and sample row that blocked the drop."""
+    if not any(f.blocked for f in files):
+        return
     lines = []
     for staged in files:
         for report in staged.reports:
@@ -188,61 +216,31 @@ def _failure(files: list[StagedFile]) -> dg.Failure:
                     f"  - {staged.label} [{report.check.name}] {o.line()}" for o in report.failures
                 ]
     rejected = [f.spec.file_name for f in files if f.blocked]
-    return dg.Failure(
-        description=f"the drop failed validation ({', '.join(rejected)}); no table was "
-        "changed:\n" + "\n".join(lines),
+    raise StepRefused(
+        f"the drop failed validation ({', '.join(rejected)}); no table was changed:\n"
+        + "\n".join(lines),
         metadata={"rejected files": ", ".join(rejected)},
     )
 
 
-def ingest_drop(
-    context: dg.AssetExecutionContext, settings: Settings, engine: Engine
-) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Write-audit-publish the selected files of one month (the caller holds its lock)."""
-    started = time.perf_counter()
-    partition = context.partition_key
-    selected = [s for s in TABLES if dg.AssetKey(s.name) in context.selected_asset_keys]
-    files: list[StagedFile] = []
-    try:
-        with ThreadPoolExecutor(VALIDATION_THREADS) as pool:
-            # Every file's own checks first; the checks against the month's users need users'
-            # typed table, and only that, so they come in a second round.
-            files = list(pool.map(lambda s: stage_file(settings, engine, s, partition), selected))
-            staged_users = next((f for f in files if f.spec.name == USERS.name), None)
-            users = _users_reference(engine, partition, staged_users)
-            list(pool.map(lambda f: check_values(engine, f, partition, users), files))
-        for staged in files:
-            for report in staged.reports:
-                check_key = dg.AssetCheckKey(dg.AssetKey(staged.spec.name), report.check.name)
-                if check_key in context.selected_asset_check_keys:
-                    yield report.to_result(check_key.asset_key)
-        if any(f.blocked for f in files):
-            raise _failure(files)
-
-        publish_started = time.perf_counter()
-        published = publish_drop(
-            engine, [(f.spec, f.typed) for f in files], partition, as_of(partition)
-        )
-        for staged in files:
-            staged.typed = None  # it is the month's record now
-            staged.seconds["publish (all files)"] = round(time.perf_counter() - publish_started, 2)
-        with engine.connect() as conn:
-            previews = {
-                f.spec.name: preview(conn, ident(DROPS_SCHEMA, month_table(f.spec, partition)))
-                for f in files
-            }
-    finally:
-        for staged in files:
-            for name in (staged.raw, staged.typed):
-                if name:
-                    drop_staging_table(engine, name)
-
-    seconds = round(time.perf_counter() - started, 2)
+def publish(
+    engine: Engine, files: Sequence[StagedFile], partition: str, started: float
+) -> dict[str, dict]:
+    """Publish validated files; the metadata of each table, keyed by table name."""
+    publish_started = time.perf_counter()
+    published = publish_drop(
+        engine, [(f.spec, f.typed) for f in files], partition, as_of(partition)
+    )
     for staged in files:
-        table = published[staged.spec.name]
-        yield dg.MaterializeResult(
-            asset_key=staged.spec.name,
-            metadata={
+        staged.typed = None  # it is the month's record now
+        staged.seconds["publish (all files)"] = round(time.perf_counter() - publish_started, 2)
+    seconds = round(time.perf_counter() - started, 2)
+    metadata = {}
+    with engine.connect() as conn:
+        for staged in files:
+            table = published[staged.spec.name]
+            record = month_table(staged.spec, partition)
+            metadata[staged.spec.name] = {
                 "as_of": str(as_of(partition)),
                 "file": staged.drop.path.as_posix(),
                 "rows staged": staged.drop.data_rows,
@@ -251,59 +249,9 @@ def ingest_drop(
                 "rows unchanged": table.unchanged,
                 "rows skipped as older": table.skipped_as_older,
                 "rows in live table": table.live_rows,
-                "month table": f"{DROPS_SCHEMA}.{month_table(staged.spec, partition)}",
+                "month table": f"{DROPS_SCHEMA}.{record}",
                 "seconds (whole drop)": seconds,
-                "seconds by phase": dg.MetadataValue.json(staged.seconds),
-                "preview": previews[staged.spec.name],
-            },
-        )
-
-
-def _asset_spec(spec: TableSpec) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        spec.name,
-        group_name="ingestion",
-        kinds={"postgres", "csv"},
-        metadata={
-            "dagster/column_schema": column_schema(
-                spec.columns, ("as_of", "date", "as_of of the newest month that listed the user")
-            )
-        },
-        description=f"Live table `{spec.name}`: {spec.description} Each month's "
-        f"`{spec.file_name}` is staged, validated and merged in with the rest of the drop; a user "
-        "keeps the values of the newest month that listed them.",
-    )
-
-
-def _check_specs(spec: TableSpec) -> list[dg.AssetCheckSpec]:
-    # Per-partition check results are a preview feature of dagster 1.13 (pinned; see README).
-    warnings.filterwarnings("ignore", ".*partitions_def on an AssetCheckSpec", dg.PreviewWarning)
-    return [
-        dg.AssetCheckSpec(
-            check.name,
-            asset=spec.name,
-            description=check.description,
-            blocking=check.blocking,
-            partitions_def=monthly_partitions,
-        )
-        for check in checks_for(spec)
-    ]
-
-
-@dg.multi_asset(
-    name="ingest_monthly_drop",
-    specs=[_asset_spec(spec) for spec in TABLES],
-    check_specs=[check for spec in TABLES for check in _check_specs(spec)],
-    partitions_def=monthly_partitions,
-    can_subset=True,
-)
-def ingest_monthly_drop(context: dg.AssetExecutionContext, database: StreamflowDatabase):
-    """Stage, validate and publish a month's drop: all selected files, or none of them."""
-    settings = database.settings()
-    engine = database.engine()
-    selected = [s for s in TABLES if dg.AssetKey(s.name) in context.selected_asset_keys]
-    with partition_lock(engine, "ingestion", context.partition_key):
-        ensure_tables(engine, *(live_table_ddl(spec) for spec in selected))
-        for spec in selected:
-            drop_stale_staging(engine, spec.name, context.partition_key)
-        yield from ingest_drop(context, settings, engine)
+                "seconds by phase": dict(staged.seconds),
+                "preview": first_rows(conn, ident(DROPS_SCHEMA, record)),
+            }
+    return metadata

@@ -27,11 +27,12 @@ from sqlalchemy.engine import URL
 
 from streamflow_assets.db import database_url, libpq_url
 from streamflow_assets.generator import generate_drops
-from streamflow_assets.partitions import as_of, partition_key
+from streamflow_assets.months import as_of, event_timestamp, month_of, partition_key
 from streamflow_assets.runs import materialize_month
 from streamflow_assets.settings import Settings, add_months
+from streamflow_assets.sql import file_chunks, ident
 from streamflow_assets.table_specs import TABLES
-from streamflow_assets.warehouse import PG_TYPES, column_ddl, ident
+from streamflow_assets.warehouse import PG_TYPES, column_ddl
 
 INGEST_SELECTION = dg.AssetSelection.groups("ingestion", "snapshots")
 
@@ -41,12 +42,12 @@ def scratch_database(server: URL) -> Iterator[URL]:
     name = f"streamflow_bench_{uuid.uuid4().hex[:8]}"
     admin = libpq_url(server)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f"CREATE DATABASE {ident(name)}")
     try:
         yield server.set(database=name)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f"DROP DATABASE IF EXISTS {ident(name)} WITH (FORCE)")
 
 
 def plain_copy(url: URL, folder: Path) -> float:
@@ -56,13 +57,10 @@ def plain_copy(url: URL, folder: Path) -> float:
         for spec in TABLES:
             columns = ", ".join(f"{ident(c.name)} text" for c in spec.columns)
             cur.execute(f"CREATE TABLE {ident('copy_' + spec.name)} ({columns})")
-            with (
-                cur.copy(
-                    f"COPY {ident('copy_' + spec.name)} FROM STDIN (FORMAT csv, HEADER)"
-                ) as cp,
-                open(folder / spec.file_name, "rb") as f,
-            ):
-                while chunk := f.read(1 << 20):
+            with cur.copy(
+                f"COPY {ident('copy_' + spec.name)} FROM STDIN (FORMAT csv, HEADER)"
+            ) as cp:
+                for chunk in file_chunks(folder / spec.file_name):
                     cp.write(chunk)
         conn.commit()
     return time.perf_counter() - started
@@ -205,7 +203,7 @@ def bench_feast(
         partitions = [partition_key(add_months(settings.first_month, i)) for i in range(months)]
         for loaded, partition in enumerate(partitions, start=1):
             _timed_month(partition, INGEST_SELECTION | dg.AssetSelection.assets("feast_registry"))
-            store = feature_store()
+            store = feature_store(Settings.from_env())
             if loaded == 1:
                 ours = _timed_month(partition, dg.AssetSelection.assets("online_features"))
                 theirs = _feast_materialize(store, partition) if feast_default else None
@@ -244,18 +242,15 @@ def _timed_month(partition: str, selection: dg.AssetSelection) -> float:
 
 def _feast_materialize(store, partition: str) -> float:
     """Feast's default path: `FeatureStore.materialize` over the partition's window."""
-    from streamflow_assets.partitions import monthly_partitions
-
-    window = monthly_partitions.time_window_for_partition_key(partition)
+    start = event_timestamp(partition).replace(day=1)
+    end = event_timestamp(partition_key(add_months(month_of(partition), 1))).replace(day=1)
     started = time.perf_counter()
-    store.materialize(start_date=window.start, end_date=window.end)
+    store.materialize(start_date=start, end_date=end)
     return time.perf_counter() - started
 
 
 def _feast_training(store, partition: str, service: str) -> float:
     """Feast's default path: `get_historical_features` for the month's users, to a CSV."""
-    from streamflow_assets.snapshots import event_timestamp
-
     started = time.perf_counter()
     with sa.create_engine(
         os.environ["STREAMFLOW_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
@@ -368,7 +363,7 @@ def _server_process(kind: list[str], workers: int):
     import sys
     import urllib.request
 
-    from streamflow_assets.feature_store.repo import feast_command
+    from streamflow_assets.feature_store.repo import feast_command, feature_repo
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -379,8 +374,9 @@ def _server_process(kind: list[str], workers: int):
     else:
         # Feast recycles a worker every 1,000 requests by default, dropping its connections
         # mid-benchmark; 0 turns that off.
-        command = feast_command("serve", "-p", str(port), "-w", str(workers), "--no-access-log",
-                                "--max-requests", "0")  # fmt: skip
+        repo = feature_repo(Settings.from_env())
+        command = feast_command(repo, "serve", "-p", str(port), "-w", str(workers),
+                                "--no-access-log", "--max-requests", "0")  # fmt: skip
     probe = "/health"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

@@ -8,22 +8,16 @@ not start loading months on its own. Turn them on in the UI (Automation) or with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
 
-from streamflow_assets.partitions import (
-    drop_folder,
-    monthly_partitions,
-    partition_key,
-    partition_of_folder,
-)
-from streamflow_assets.settings import Settings, add_months
-from streamflow_assets.table_specs import DROP_FILES
+from streamflow_assets.defs.partitions import monthly_partitions
+from streamflow_assets.defs.resources import StreamflowSettings
+from streamflow_assets.ingestion.drops import DropState
+from streamflow_assets.months import drop_folder, partition_key, partition_of_folder
+from streamflow_assets.settings import add_months
 
 AUTOMATION_VAR = "STREAMFLOW_AUTOMATION"
 
@@ -32,43 +26,13 @@ monthly_graph = dg.define_asset_job(
     selection=dg.AssetSelection.all(),
     partitions_def=monthly_partitions,
     description="Every monthly asset for one month: ingestion, snapshots, the Feast registry and "
-    "online store, the training CSV.",
+    "online store, the training CSV, the churn model and its scores.",
 )
 
 
 def default_status() -> dg.DefaultSensorStatus:
     on = os.environ.get(AUTOMATION_VAR, "").strip().lower() in ("1", "on", "true", "yes")
     return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
-
-
-@dataclass(frozen=True)
-class DropState:
-    """A drop folder as the sensor sees it: which of the six files it has, and their stamps."""
-
-    folder: Path
-    missing: tuple[str, ...]
-    stamps: dict[str, list[int]]
-    """file name -> [size, mtime_ns] of every drop file present."""
-
-    @classmethod
-    def read(cls, folder: Path) -> DropState:
-        stamps, missing = {}, []
-        for name in DROP_FILES:
-            try:
-                stat = (folder / name).stat()
-            except FileNotFoundError:
-                missing.append(name)
-                continue
-            stamps[name] = [stat.st_size, stat.st_mtime_ns]
-        return cls(folder, tuple(missing), stamps)
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-    def fingerprint(self) -> str:
-        text = json.dumps(self.stamps, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ---- the schedule ---------------------------------------------------------------------------
@@ -82,8 +46,8 @@ class DropState:
     description="On the 1st of each month at 06:00 UTC, the month that just ended — if its drop "
     "folder is complete; otherwise it skips and says which folder or files are missing.",
 )
-def monthly_schedule(context: dg.ScheduleEvaluationContext):
-    settings = Settings.from_env()
+def monthly_schedule(context: dg.ScheduleEvaluationContext, streamflow: StreamflowSettings):
+    settings = streamflow.settings()
     scheduled = context.scheduled_execution_time
     partition = partition_key(add_months(scheduled.date().replace(day=1), -1))
     if partition < partition_key(settings.first_month):
@@ -117,8 +81,8 @@ def monthly_schedule(context: dg.ScheduleEvaluationContext):
     "or time changed) runs again. Folders that map to no partition or are still being written "
     "are reported in the tick, not run.",
 )
-def new_drop_sensor(context: dg.SensorEvaluationContext):
-    settings = Settings.from_env()
+def new_drop_sensor(context: dg.SensorEvaluationContext, streamflow: StreamflowSettings):
+    settings = streamflow.settings()
     # The cursor (kept by Dagster across restarts): each folder's fingerprint at the previous
     # tick, and the fingerprint each folder last ran with.
     cursor = json.loads(context.cursor) if context.cursor else {}

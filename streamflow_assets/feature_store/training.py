@@ -1,4 +1,4 @@
-"""`training_dataset`: the point-in-time-correct training CSV of a month.
+"""The point-in-time-correct training set of a month (the `training_dataset` asset's work).
 
 Entity rows are the users of labels_snapshots M at M's as_of; features are the `churn_features`
 service's, with Feast's point-in-time semantics (per feature view, the newest row at or before
@@ -12,14 +12,10 @@ on-demand features then go through Feast's own `transform_arrow`, as in Feast's 
 tests compare the result with `get_historical_features`, value for value.
 """
 
-import io
-import os
-import tempfile
 import time
 from datetime import date, datetime
 from pathlib import Path
 
-import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,14 +25,13 @@ from feast import FeatureService, FeatureStore
 from feast.types import Bool, Float64, Int64, String
 from sqlalchemy.engine import Engine
 
-from streamflow_assets.feature_store.assets import feast_registry
 from streamflow_assets.feature_store.fields import NULLABLE_TAG
-from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
-from streamflow_assets.partitions import as_of, monthly_partitions
-from streamflow_assets.resources import StreamflowDatabase
-from streamflow_assets.snapshots import event_timestamp
+from streamflow_assets.feature_store.repo import FEATURE_SERVICE
+from streamflow_assets.files import atomic_write
+from streamflow_assets.months import as_of, event_timestamp
+from streamflow_assets.report import CheckOutcome, StepRefused, StepResult, markdown_table
+from streamflow_assets.sql import copy_out, ident, inline
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
-from streamflow_assets.warehouse import ident, markdown_table
 
 SNAPSHOT_NAMES = {spec.snapshot.name for spec in SNAPSHOT_TABLES}
 LABEL = "churn_label"
@@ -116,20 +111,11 @@ def _with_on_demand_features(
 
 def _copy_out(engine: Engine, query: str, params: dict, types: dict[str, pa.DataType]) -> pa.Table:
     """Run a query with COPY ... TO STDOUT and parse the CSV with Arrow."""
-    buffer = io.BytesIO()
-    raw = engine.raw_connection()
-    try:
-        with raw.cursor() as cur:
-            cur.execute("SET work_mem = '256MB'")
-            cur.execute("SET TIME ZONE 'UTC'")
-            sql = _inline(engine, query, params)
-            with cur.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
-                for chunk in copy:
-                    buffer.write(chunk)
-        raw.rollback()
-    finally:
-        raw.close()
-    buffer.seek(0)
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET work_mem = '256MB'"))
+        conn.execute(sa.text("SET TIME ZONE 'UTC'"))
+        buffer = copy_out(conn, inline(conn, query, params))
+        conn.rollback()
     return pa_csv.read_csv(
         buffer,
         convert_options=pa_csv.ConvertOptions(
@@ -139,12 +125,6 @@ def _copy_out(engine: Engine, query: str, params: dict, types: dict[str, pa.Data
             strings_can_be_null=True,
         ),
     )
-
-
-def _inline(engine: Engine, query: str, params: dict) -> str:
-    """COPY takes no bind parameters: render them as literals through SQLAlchemy."""
-    statement = sa.text(query).bindparams(**params)
-    return str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
 
 
 def read_training_csv(path: Path) -> pd.DataFrame:
@@ -159,18 +139,11 @@ def read_training_csv(path: Path) -> pd.DataFrame:
 
 
 def write_csv_atomically(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         pa_csv.write_csv(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
-# ---- the asset and its checks -----------------------------------------------------------------
+# ---- the month's training set and its checks ----------------------------------------------
 
 CHECKS = {
     "one_row_per_snapshot_user": "Exactly one row per user of labels_snapshots for the month.",
@@ -180,58 +153,40 @@ CHECKS = {
 }
 
 
-@dg.asset(
-    group_name="training",
-    partitions_def=monthly_partitions,
-    deps=[feast_registry, LABELS.snapshot.name],
-    kinds={"feast", "csv"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            name, asset="training_dataset", description=text, partitions_def=monthly_partitions
-        )
-        for name, text in CHECKS.items()
-    ],
-)
-def training_dataset(context: dg.AssetExecutionContext, database: StreamflowDatabase):
-    """The month's training CSV, `STREAMFLOW_OUTPUT_DIR/training_df_<as_of>.csv`: one row per
-    user of the month's labels snapshot, every `churn_features` feature as of the month's end
-    (never a later value), and the month's churn_label.
-
-    Written only when its checks pass, and atomically (a reader never sees half a file)."""
-    partition = context.partition_key
-    engine = database.engine()
-    settings = database.settings()
+def build_training_csv(
+    engine: Engine, store: FeatureStore, output_dir: Path, partition: str
+) -> StepResult:
+    """Build the month's training set, check it, and write it only when every check passes."""
     started = time.perf_counter()
-    store = feature_store()
     table = training_table(engine, store, partition)
     built = time.perf_counter() - started
-
-    results = list(_check(engine, store, table, partition))
-    yield from results
-    failed = [r for r in results if not r.passed]
+    outcomes = list(_check(engine, store, table, partition))
+    failed = [o for o in outcomes if not o.passed]
     if failed:
-        raise dg.Failure(
-            f"training_dataset {partition} not written: "
-            + "; ".join(f"{r.check_name}: {r.description}" for r in failed)
+        return StepResult(
+            outcomes,
+            refused=StepRefused(
+                f"training_dataset {partition} not written: "
+                + "; ".join(f"{o.name}: {o.description}" for o in failed)
+            ),
         )
-    path = training_path(settings.output_dir, partition)
+    path = training_path(output_dir, partition)
     write_csv_atomically(table, path)
     labels = table.column(LABEL)
-    yield dg.MaterializeResult(
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
+    return StepResult(
+        outcomes,
+        {
+            "path": path,
             "as_of": str(as_of(partition)),
             "rows": table.num_rows,
             "features": len(table.column_names) - 3,
             "label rate": round(pc.mean(labels.cast(pa.float64())).as_py() or 0.0, 4),
             "seconds to build": round(built, 2),
             "seconds in all": round(time.perf_counter() - started, 2),
-            "preview": dg.MetadataValue.md(
-                markdown_table(
-                    table.column_names, [r.values() for r in table.slice(0, 5).to_pylist()]
-                )
+            "preview": markdown_table(
+                table.column_names, [r.values() for r in table.slice(0, 5).to_pylist()]
             ),
-        }
+        },
     )
 
 
@@ -243,8 +198,8 @@ def _check(engine: Engine, store: FeatureStore, table: pa.Table, partition: str)
         ).scalar()
     users = table.column("user_id")
     distinct = pc.count_distinct(users).as_py()
-    yield dg.AssetCheckResult(
-        check_name="one_row_per_snapshot_user",
+    yield CheckOutcome(
+        name="one_row_per_snapshot_user",
         passed=table.num_rows == expected == distinct and expected > 0,
         description=f"{table.num_rows} rows, {distinct} distinct users; labels_snapshots "
         f"{partition} has {expected} users",
@@ -263,13 +218,13 @@ def _check(engine: Engine, store: FeatureStore, table: pa.Table, partition: str)
             mask = pc.is_null(table.column(name))
             sample = table.filter(mask).column("user_id").slice(0, 5).to_pylist()
             unexpected[name] = f"{nulls} empty (e.g. {', '.join(sample)})"
-    yield dg.AssetCheckResult(
-        check_name="no_unexpected_null_feature",
+    yield CheckOutcome(
+        name="no_unexpected_null_feature",
         passed=not unexpected,
         description="; ".join(f"{k}: {v}" for k, v in unexpected.items())
         or f"no empty value in the {len(features) - len(nullable)} features that must be set",
         metadata={
-            "empty values": dg.MetadataValue.json(unexpected),
+            "empty values": unexpected,
             "may be empty": sorted(nullable),
         },
     )
@@ -277,8 +232,8 @@ def _check(engine: Engine, store: FeatureStore, table: pa.Table, partition: str)
     labels = table.column(LABEL)
     rate = pc.mean(labels.cast(pa.float64())).as_py() if table.num_rows else None
     low, high = LABEL_RATE_RANGE
-    yield dg.AssetCheckResult(
-        check_name="label_rate_in_range",
+    yield CheckOutcome(
+        name="label_rate_in_range",
         passed=rate is not None and labels.null_count == 0 and low <= rate <= high,
         description=f"churn rate {rate:.2%}, {labels.null_count} empty labels"
         if rate is not None

@@ -1,0 +1,127 @@
+"""Feast: the private details this project relies on, in one place.
+
+- The online format: Feast's entity-key serialization (version 3) and the `feast.types.Value`
+  protobuf, which the set-based writer (feature_store/online.py) produces inside PostgreSQL,
+  and the online table name Feast's PostgreSQL store uses for a feature view.
+- Repository parsing and apply, as the `feast` CLI does them (`feast.repo_operations`).
+- Feast's run-time argument type checks (typeguard), which the API turns off while serving.
+
+Everything else goes through Feast's public API (`FeatureStore`, the registry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+
+from feast import FeatureView
+from feast.diff.property_diff import TransitionType
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores import helpers as _online_helpers
+from feast.project import Project
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.repo_config import RepoConfig
+from feast.repo_contents import RepoContents
+from feast.value_type import ValueType
+
+from streamflow_assets.adapters import private_detail, require
+
+SUPPORTED = ">=0.67,<0.68"
+ENTITY_KEY_VERSION = 3
+
+__all__ = [
+    "ENTITY_KEY_VERSION",
+    "Project",
+    "RepoContents",
+    "TransitionType",
+    "Value",
+    "ValueType",
+    "apply_plan",
+    "entity_key_prefix",
+    "online_table_name",
+    "parse_repo",
+    "repo_files",
+    "type_checks_off",
+    "value_field_number",
+]
+
+
+def check(installed: str | None = None) -> None:
+    """Feast is a version we know, with the private details used here."""
+    require("feast", SUPPORTED, installed)
+    from feast import repo_operations
+
+    for name in ("parse_repo", "get_repo_files", "extract_objects_for_apply_delete"):
+        private_detail("feast", f"feast.repo_operations.{name}", hasattr(repo_operations, name))
+    private_detail(
+        "feast",
+        "feast.infra.online_stores.helpers.compute_table_id(project, table)",
+        hasattr(_online_helpers, "compute_table_id"),
+    )
+    params = list(inspect.signature(serialize_entity_key).parameters)
+    private_detail(
+        "feast",
+        "serialize_entity_key(entity_key, entity_key_serialization_version)",
+        params[:2] == ["entity_key", "entity_key_serialization_version"],
+    )
+
+
+check()
+
+
+def value_field_number(field: str) -> int:
+    """The protobuf field number of a `feast.types.Value` member (e.g. "int64_val")."""
+    return Value.DESCRIPTOR.fields_by_name[field].number
+
+
+def entity_key_prefix(join_key: str) -> bytes:
+    """Feast's serialized entity key for one string join key, up to (not including) the value's
+    4-byte length: the key of a user is this, the length of its UTF-8 id, then the id."""
+    empty = serialize_entity_key(
+        EntityKey(join_keys=[join_key], entity_values=[Value(string_val="")]), ENTITY_KEY_VERSION
+    )
+    return empty[:-4]
+
+
+def online_table_name(config: RepoConfig, view: FeatureView) -> str:
+    """The table of a feature view in Feast's PostgreSQL online store."""
+    return _online_helpers.compute_table_id(config.project, view)
+
+
+def repo_files(repo: Path) -> list[Path]:
+    """The Python files the feast CLI reads from a repository (.feastignore respected)."""
+    from feast.repo_operations import get_repo_files
+
+    return get_repo_files(repo)
+
+
+def parse_repo(repo: Path) -> RepoContents:
+    """The objects of a repository, parsed as `feast apply` parses them (the caller makes the
+    repository the working directory and puts it on sys.path, as the CLI does)."""
+    from feast.repo_operations import parse_repo as _parse_repo
+
+    return _parse_repo(repo)
+
+
+def apply_plan(store, repo: RepoContents) -> tuple[list, list]:
+    """(objects to apply, objects to delete) for `feast apply` of `repo`, as the CLI computes
+    them: what the repository defines, and what the registry holds that it no longer does."""
+    from feast.repo_operations import extract_objects_for_apply_delete
+
+    to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
+        store.project, store.registry, repo
+    )
+    return to_apply, to_delete
+
+
+@contextlib.contextmanager
+def type_checks_off() -> Iterator[None]:
+    """Feast checks the types of its own arguments on every call (typeguard), about a sixth of
+    a one-user read; a caller that builds those arguments itself can turn that off."""
+    from typeguard import suppress_type_checks
+
+    with suppress_type_checks():
+        yield

@@ -1,0 +1,8 @@
+"""The Dagster layer: declarations only, one module per asset group, each asset a few lines that
+call the domain (the rest of streamflow_assets, which never imports Dagster).
+
+- partitions.py, resources.py, common.py: the partitions, the settings resource, shared wiring
+- ingestion.py, snapshots.py, feature_store.py, training.py, model.py: the five groups
+- automation.py: the monthly job, schedule and new-drop sensor
+- graph.py: the graph as text, compared with docs/asset_graph.txt by the tests
+"""

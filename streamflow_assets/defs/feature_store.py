@@ -1,0 +1,87 @@
+"""Group `feature_store`: `feast_registry` (feast apply) and `online_features` (materialize).
+
+Both are monthly like everything else, so `--select '*' --partition M` runs a whole month.
+"""
+
+import dagster as dg
+
+from streamflow_assets.defs.common import as_failures, metadata
+from streamflow_assets.defs.partitions import monthly_partitions
+from streamflow_assets.defs.resources import StreamflowSettings
+from streamflow_assets.feature_store.materialize import materialize_month
+from streamflow_assets.feature_store.registry import apply_repo
+from streamflow_assets.feature_store.repo import (
+    FEATURE_SERVICE,
+    definitions_version,
+    feature_repo,
+    feature_store,
+)
+from streamflow_assets.months import as_of
+from streamflow_assets.report import Markdown
+from streamflow_assets.settings import Settings
+from streamflow_assets.table_specs import SNAPSHOT_TABLES
+
+FEATURE_VIEW_SNAPSHOTS = [s.snapshot.name for s in SNAPSHOT_TABLES if s.snapshot.feature_view]
+
+
+@dg.asset(
+    group_name="feature_store",
+    partitions_def=monthly_partitions,
+    deps=FEATURE_VIEW_SNAPSHOTS,
+    code_version=definitions_version(feature_repo(Settings.from_env())),
+    kinds={"feast", "postgres"},
+)
+def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
+    """Feast's registry, `feast apply` of `feature_repo/`: the `user` entity, a PostgreSQL source
+    per snapshot table, the four feature views, the derived on-demand features and the
+    `churn_features` service, stored in the SQL registry (schema `feast_registry`).
+
+    Idempotent: applying unchanged definitions changes nothing. The code version is a hash of
+    feature_repo's files, so after an edit this asset shows as stale until it is applied."""
+    settings = streamflow.settings()
+    streamflow.engine()  # a clear error if the database does not answer
+    store, repo = feature_store(settings), feature_repo(settings)
+    changes = apply_repo(store, repo)
+    counts = {kind: len(items) for kind, items in changes.items()}
+    context.log.info("feast apply: %s", counts)
+    return dg.MaterializeResult(
+        metadata=metadata(
+            {
+                "project": store.project,
+                "feature repo": str(repo),
+                "definitions version": definitions_version(repo),
+                **{
+                    kind: Markdown("\n".join(f"- {c}" for c in sorted(items)) or "none")
+                    for kind, items in changes.items()
+                    if kind != "unchanged"
+                },
+                "unchanged objects": counts["unchanged"],
+                "feature views": sorted(fv.name for fv in store.list_feature_views()),
+                "feature service": FEATURE_SERVICE,
+            }
+        )
+    )
+
+
+@dg.asset(
+    group_name="feature_store",
+    partitions_def=monthly_partitions,
+    deps=[feast_registry],
+    kinds={"feast", "postgres"},
+)
+def online_features(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
+    """Feast's online store (PostgreSQL, schema `feast_online`) after materializing the month:
+    every feature view's values with event time inside the partition's window.
+
+    Per user the newest month wins: re-running an old month after a newer one leaves the newer
+    values online. Written with set-based SQL in Feast's own format (see
+    `streamflow_assets/feature_store/online.py`), each feature view's table rebuilt beside the
+    live one and swapped in, so the API and `feast serve` keep answering meanwhile."""
+    window = context.partition_time_window
+    with as_failures():
+        written = materialize_month(
+            streamflow.engine(), feature_store(streamflow.settings()), window.start, window.end
+        )
+    return dg.MaterializeResult(
+        metadata=metadata({"as_of": str(as_of(context.partition_key)), **written})
+    )

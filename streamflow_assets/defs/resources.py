@@ -1,0 +1,77 @@
+"""The one resource: the project's settings, as fields the UI shows, and the database they name."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from pydantic import PrivateAttr
+from sqlalchemy.engine import Engine
+
+from streamflow_assets.db import get_engine
+from streamflow_assets.settings import (
+    DATABASE_URL_VAR,
+    DEFAULTS,
+    DROPS_DIR_VAR,
+    FEATURE_REPO_VAR,
+    FIRST_MONTH_VAR,
+    HOME_VAR,
+    OUTPUT_DIR_VAR,
+    Settings,
+)
+
+
+class StreamflowSettings(dg.ConfigurableResource):
+    """The PostgreSQL of STREAMFLOW_DATABASE_URL (or the embedded one, started on first use), the
+    drops folder, the first month and the output folder. Each field is the environment variable
+    of the same name when it is set, else its default; an empty database_url means the embedded
+    PostgreSQL under `home`."""
+
+    database_url: str = ""
+    home: str = DEFAULTS[HOME_VAR]
+    drops_dir: str = DEFAULTS[DROPS_DIR_VAR]
+    first_month: str = DEFAULTS[FIRST_MONTH_VAR]
+    output_dir: str = DEFAULTS[OUTPUT_DIR_VAR]
+    feature_repo: str = ""
+
+    _settings: Settings | None = PrivateAttr(default=None)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_values(
+                {
+                    DATABASE_URL_VAR: self.database_url,
+                    HOME_VAR: self.home,
+                    DROPS_DIR_VAR: self.drops_dir,
+                    FIRST_MONTH_VAR: self.first_month,
+                    OUTPUT_DIR_VAR: self.output_dir,
+                    FEATURE_REPO_VAR: self.feature_repo,
+                }
+            )
+        return self._settings
+
+    def engine(self) -> Engine:
+        return get_engine(self.settings())
+
+
+_FIELDS = {
+    "database_url": DATABASE_URL_VAR,
+    "home": HOME_VAR,
+    "drops_dir": DROPS_DIR_VAR,
+    "first_month": FIRST_MONTH_VAR,
+    "output_dir": OUTPUT_DIR_VAR,
+    "feature_repo": FEATURE_REPO_VAR,
+}
+
+
+def streamflow_settings() -> StreamflowSettings:
+    """The resource over the environment: a field whose variable is set reads it through
+    `dg.EnvVar` (the UI shows the variable's name, never a password), the others keep their
+    defaults (an unset EnvVar would be an error, and the embedded default needs none)."""
+    return StreamflowSettings(
+        **{
+            field: dg.EnvVar(var)
+            for field, var in _FIELDS.items()
+            if os.environ.get(var, "").strip()
+        }
+    )

@@ -1,0 +1,135 @@
+"""SQL plumbing, one way each: quoting, COPY in and out, swapping a built table in, locks.
+
+Identifiers only ever come from the table specs, Feast's definitions and partition keys that have
+been validated; values are bound parameters (or, where PostgreSQL takes none — COPY, DDL — quoted
+as literals by psycopg).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterable, Iterator, Sequence
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.engine import Connection, Engine
+
+from streamflow_assets.report import Markdown, markdown_table
+
+COPY_CHUNK = 1 << 20
+
+
+def ident(*parts: str) -> str:
+    """A quoted, optionally schema-qualified identifier: ident("drops", "users_2024_01")."""
+    return sql.Identifier(*parts).as_string()
+
+
+def literal(value: object) -> str:
+    """A constant as an SQL literal, for statements that take no parameters (COPY, DDL, GX)."""
+    return sql.Literal(value).as_string()
+
+
+def inline(engine: Engine | Connection, query: str, params: dict) -> str:
+    """A query with its bind parameters rendered as literals (COPY takes none)."""
+    statement = sa.text(query).bindparams(**params)
+    return str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
+
+
+def copy_in(
+    conn: Connection,
+    table: str,
+    columns: Sequence[str],
+    data: Iterable[bytes] | bytes,
+    *,
+    header: bool = False,
+) -> None:
+    """COPY CSV data (one buffer, or chunks such as a file's) into `table` (already quoted)."""
+    cols = ", ".join(ident(c) for c in columns)
+    options = "FORMAT csv, HEADER true" if header else "FORMAT csv"
+    driver: psycopg.Connection = conn.connection.driver_connection
+    with (
+        driver.cursor() as cur,
+        cur.copy(f"COPY {table} ({cols}) FROM STDIN WITH ({options})") as cp,
+    ):
+        for chunk in [data] if isinstance(data, bytes | bytearray) else data:
+            cp.write(chunk)
+
+
+def file_chunks(path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_CHUNK):
+            yield chunk
+
+
+def copy_out(conn: Connection, query: str) -> io.BytesIO:
+    """The result of a query as CSV with a header (COPY ... TO STDOUT), in memory."""
+    buffer = io.BytesIO()
+    driver: psycopg.Connection = conn.connection.driver_connection
+    with (
+        driver.cursor() as cur,
+        cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)") as cp,
+    ):
+        for chunk in cp:
+            buffer.write(chunk)
+    buffer.seek(0)
+    return buffer
+
+
+def replace_table(
+    conn: Connection,
+    built: tuple[str, str],
+    target: tuple[str, str],
+    *,
+    primary_key: tuple[str, str] | None = None,
+) -> None:
+    """Swap a table built beside its target in: drop the target, move the built table to the
+    target's schema and name. Inside the caller's transaction, so readers see the old table or
+    the new one, never a mix. `primary_key` = (built's constraint name, target's) renames it."""
+    (built_schema, built_name), (schema, name) = built, target
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {ident(schema, name)}"))
+    if built_name != name:
+        conn.execute(
+            sa.text(f"ALTER TABLE {ident(built_schema, built_name)} RENAME TO {ident(name)}")
+        )
+    if built_schema != schema:
+        conn.execute(sa.text(f"ALTER TABLE {ident(built_schema, name)} SET SCHEMA {ident(schema)}"))
+    if primary_key is not None:
+        old, new = primary_key
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE {ident(schema, name)} RENAME CONSTRAINT {ident(old)} TO {ident(new)}"
+            )
+        )
+
+
+def table_exists(conn: Connection, schema: str, name: str) -> bool:
+    found = conn.execute(
+        sa.text("SELECT to_regclass(:qualified) IS NOT NULL"), {"qualified": ident(schema, name)}
+    )
+    return bool(found.scalar_one())
+
+
+@contextlib.contextmanager
+def advisory_lock(engine: Engine, key: str) -> Iterator[None]:
+    """Hold a named lock across transactions: another holder of the same key waits here.
+
+    A session-level advisory lock on a connection of its own, released by PostgreSQL if the
+    process dies.
+    """
+    with engine.connect() as conn:
+        params = {"key": f"streamflow:{key}"}
+        conn.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), params)
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), params)
+            conn.commit()
+
+
+def first_rows(conn: Connection, table: str, rows: int = 5) -> Markdown:
+    """The first rows of a table (by user_id) as a markdown table."""
+    result = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY user_id LIMIT {int(rows)}"))
+    return markdown_table(list(result.keys()), list(result))
