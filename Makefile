@@ -4,27 +4,41 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev feast-ui api test test-embedded lint browser compose db-stop clean
+.PHONY: run dev feast-ui api test test-embedded lint lock graph browser compose db-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e .
+# Dependencies at the versions in the lock files (reproducible installs), then the project itself.
+$(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.lock
+	$(BIN)/pip install --quiet -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+# After changing dependencies in pyproject.toml: resolve both lock files again (with uv).
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet uv
+	$(UV_COMPILE) -o requirements.lock
+	$(UV_COMPILE) --extra dev -o requirements-dev.lock
+
+# The asset graph as text; the tests compare it with docs/asset_graph.txt.
+graph: $(VENV)/.installed
+	$(BIN)/streamflow graph > docs/asset_graph.txt
 
 run: $(VENV)/.installed
 	$(BIN)/streamflow run
 
 # The Dagster UI on http://127.0.0.1:3000, with the runs of `make run`.
 dev: $(VENV)/.installed
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/streamflow dev
+	$(BIN)/streamflow dev
 
 # Feast's UI over feature_repo/ on http://127.0.0.1:8888.
 feast-ui: $(VENV)/.installed
@@ -54,8 +68,10 @@ test: $(VENV)/.installed-dev lint $(CHROMIUM) $(COMPOSE)
 test-embedded: $(VENV)/.installed-dev
 	env -u STREAMFLOW_TEST_DATABASE_URL -u STREAMFLOW_DATABASE_URL $(BIN)/pytest -m smoke
 
+# Style, and the architecture contracts of pyproject.toml (the tests run them too, with dg check).
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 db-stop: $(VENV)/.installed
 	$(BIN)/streamflow db stop
