@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from streamflow_assets.files import atomic_write
 from streamflow_assets.settings import add_months, month_end
 from streamflow_assets.table_specs import (
     LABELS,
@@ -365,14 +366,12 @@ def write_table(spec: TableSpec, values: dict[str, object], path: Path) -> None:
         data, null = value if isinstance(value, tuple) else (value, None)
         arrays.append(_encode(column, data, null))
     table = pa.Table.from_arrays(arrays, names=list(spec.column_names))
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "wb") as out:
+    with atomic_write(path) as tmp, open(tmp, "wb") as out:
         out.write((",".join(spec.column_names) + "\n").encode())
         # No value of a drop holds a comma or a quote, so nothing needs quoting.
         pa_csv.write_csv(
             table, out, pa_csv.WriteOptions(include_header=False, quoting_style="none")
         )
-    tmp.replace(path)
 
 
 def generate_drops(

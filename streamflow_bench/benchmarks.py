@@ -30,7 +30,7 @@ from streamflow_assets.generator import generate_drops
 from streamflow_assets.months import as_of, event_timestamp, month_of, partition_key
 from streamflow_assets.runs import materialize_month
 from streamflow_assets.settings import Settings, add_months
-from streamflow_assets.sql import file_chunks, ident
+from streamflow_assets.sql import copy_in, file_chunks, ident
 from streamflow_assets.table_specs import TABLES
 from streamflow_assets.warehouse import PG_TYPES, column_ddl
 
@@ -52,18 +52,19 @@ def scratch_database(server: URL) -> Iterator[URL]:
 
 def plain_copy(url: URL, folder: Path) -> float:
     """COPY the six files into unindexed TEXT tables."""
+    engine = sa.create_engine(url)
     started = time.perf_counter()
-    with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur:
+    with engine.begin() as conn:
         for spec in TABLES:
+            table = ident("copy_" + spec.name)
             columns = ", ".join(f"{ident(c.name)} text" for c in spec.columns)
-            cur.execute(f"CREATE TABLE {ident('copy_' + spec.name)} ({columns})")
-            with cur.copy(
-                f"COPY {ident('copy_' + spec.name)} FROM STDIN (FORMAT csv, HEADER)"
-            ) as cp:
-                for chunk in file_chunks(folder / spec.file_name):
-                    cp.write(chunk)
-        conn.commit()
-    return time.perf_counter() - started
+            conn.execute(sa.text(f"CREATE TABLE {table} ({columns})"))
+            copy_in(
+                conn, table, spec.column_names, file_chunks(folder / spec.file_name), header=True
+            )
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    return seconds
 
 
 def naive_upserts(url: URL, folder: Path) -> float:
