@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev feast-ui api test test-embedded lint lock graph browser compose db-stop clean
+.PHONY: run dev mlflow feast-ui api test test-embedded lint lock graph browser compose db-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -39,6 +39,10 @@ run: $(VENV)/.installed
 # The Dagster UI on http://127.0.0.1:3000, with the runs of `make run`.
 dev: $(VENV)/.installed
 	$(BIN)/streamflow dev
+
+# MLflow's UI over the churn model's runs and registry on http://127.0.0.1:5000.
+mlflow: $(VENV)/.installed
+	$(BIN)/streamflow mlflow ui
 
 # Feast's UI over feature_repo/ on http://127.0.0.1:8888.
 feast-ui: $(VENV)/.installed

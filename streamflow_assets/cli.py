@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -257,6 +256,44 @@ def api(host: str, port: int, workers: int, access_log: bool) -> None:
     )
 
 
+@main.group()
+def mlflow() -> None:
+    """The churn model's MLflow tracking store and registry (in the project's PostgreSQL)."""
+
+
+@mlflow.command("uri")
+def mlflow_uri() -> None:
+    """Print the MLflow tracking (and registry) URI, creating its schema if needed."""
+    from streamflow_assets.model_registry import Registry
+
+    click.echo(Registry(Settings.from_env()).uri)
+
+
+@mlflow.command("ui")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+def mlflow_ui(host: str, port: int) -> None:
+    """MLflow's web UI over the tracking store: candidates, their comparison, the champion."""
+    from streamflow_assets.model_registry import Registry, artifact_root
+
+    settings = Settings.from_env()
+    registry = Registry(settings)
+    click.echo(f"MLflow UI: http://{host}:{port}")
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--backend-store-uri",
+        registry.uri,
+        "--default-artifact-root",
+        artifact_root(settings).as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    os.execv(command[0], command)
+
+
 @main.command()
 def graph() -> None:
     """Print the asset graph as text (docs/asset_graph.txt holds the reviewed copy)."""
@@ -322,7 +359,7 @@ def _show_results(settings: Settings, partitions: list[str]) -> None:
     """Where the training CSVs are, and one user's features as the online store serves them."""
     from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
     from streamflow_assets.feature_store.training import training_path
-    from streamflow_assets.model import newest_model_dir
+    from streamflow_assets.model_registry import Registry
 
     click.echo("training CSVs:")
     for partition in partitions:
@@ -339,13 +376,17 @@ def _show_results(settings: Settings, partitions: list[str]) -> None:
     for projection in service.feature_view_projections:
         for feature in projection.features:
             click.echo(f"  {feature.name:32s} {values[feature.name][0]}")
-    folder = newest_model_dir(settings.output_dir)
-    if folder is not None:
-        card = json.loads((folder / "model.json").read_text())
-        metrics = card["metrics"]
+    registry = Registry(settings)
+    for partition in partitions:
+        decision = registry.decisions().get(partition)
+        if decision is not None:
+            click.echo(f"churn model {partition}: {decision.label}, {decision.reason}")
+    champion = registry.current_champion()
+    if champion is not None:
+        metrics = registry.client.get_run(champion.run_id).data.metrics
         click.echo(
-            f"churn model {card['model_version']} ({folder}): ROC AUC {metrics['roc_auc']}, "
-            f"log loss {metrics['log_loss']} on {card['holdout']}"
+            f"champion: {champion.label}, ROC AUC {metrics['roc_auc']:.4f}, log loss "
+            f"{metrics['log_loss']:.4f} on its hold-out (`streamflow mlflow ui` to compare)"
         )
 
 

@@ -1,24 +1,23 @@
 """The churn model: trained on the training CSVs, served on the online features, one feature list.
 
-`churn_model` M trains on the training CSVs of every month before M and is evaluated on month M (a
-temporal hold-out); the first month, with nothing before it, trains on a seeded 80% of its users
-and is evaluated on the other 20%. `churn_scores` M scores month M's users with model M. The API's
-`/predict` scores a user's online features with the newest model. All three turn features into
-the model's input with `feature_frame`, and the encoding of categories is inside the pipeline, so
-offline and online scores of the same values are the same number.
+`churn_model` M trains on the training CSVs of the months before M inside the model window (12 by
+default) and is evaluated on month M (a temporal hold-out); the first month, with nothing before
+it, trains on a seeded 80% of its users and is evaluated on the other 20%. Every candidate is
+registered in MLflow (model_registry.py) and promoted only when it beats the baselines and the
+champion as of the month before; a candidate that loses is an outcome, not a failure.
+`churn_scores` M scores month M's users with the champion as of M; the API's `/predict` scores a
+user's online features with the current champion. All of them turn features into the model's input
+with `feature_frame`, and the encoding of categories is inside the pipeline, so offline and online
+scores of the same values are the same number.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -38,15 +37,15 @@ from sqlalchemy.engine import Engine
 
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.feature_store.training import LABEL, read_training_csv, training_path
-from streamflow_assets.files import atomic_write
-from streamflow_assets.months import as_of, months_between
+from streamflow_assets.model_registry import Candidate, Decision, Registry
+from streamflow_assets.months import as_of, month_of, months_between, partition_key
 from streamflow_assets.report import (
     CheckOutcome,
     MissingInputError,
-    StepRefused,
     StepResult,
     markdown_table,
 )
+from streamflow_assets.settings import Settings, add_months
 from streamflow_assets.sql import copy_in, ident
 
 SEED = 7
@@ -54,8 +53,14 @@ MAX_TRAINING_ROWS = 500_000
 """Earlier months are sampled down to this many rows (seeded): the model gains little from more,
 and a 2-core machine trains it in well under a minute."""
 MIN_ROC_AUC = 0.6
-MODEL_FILE = "model.joblib"
-CARD_FILE = "model.json"
+HGB_PARAMS = (
+    "learning_rate",
+    "max_iter",
+    "max_leaf_nodes",
+    "min_samples_leaf",
+    "l2_regularization",
+)
+"""The model's settings recorded with each candidate."""
 SCORES_TABLE = "churn_scores"
 
 
@@ -160,16 +165,24 @@ class TrainedModel:
     baselines: dict
     calibration: pd.DataFrame
     importance: pd.DataFrame
+    x_test: pd.DataFrame
+    y_test: np.ndarray
 
 
-def train(output_dir: Path, first_month: date, partition: str) -> TrainedModel:
-    """Train on every earlier month's CSV and evaluate on month M (or split month M 80/20)."""
-    current = read_training_csv(training_path(output_dir, partition))
-    earlier = [
+def window_months(settings: Settings, partition: str) -> list[str]:
+    """The months before `partition` a model trains on: inside the model window, from the first
+    month on, whose training CSV exists."""
+    first = max(settings.first_month, add_months(month_of(partition), -settings.model_window))
+    return [
         p
-        for p in months_between(first_month, partition)
-        if p < partition and training_path(output_dir, p).exists()
+        for p in months_between(first, partition)
+        if p < partition and training_path(settings.output_dir, p).exists()
     ]
+
+
+def train(output_dir: Path, earlier: list[str], partition: str) -> TrainedModel:
+    """Train on the earlier months' CSVs and evaluate on month M (or split month M 80/20)."""
+    current = read_training_csv(training_path(output_dir, partition))
     features = Features.of(current)
     if earlier:
         train_frame = pd.concat(
@@ -222,81 +235,36 @@ def train(output_dir: Path, first_month: date, partition: str) -> TrainedModel:
         baselines=baselines,
         calibration=calibration_by_decile(y_test, p),
         importance=importance_table,
+        x_test=x_test,
+        y_test=y_test,
     )
-
-
-def model_dir(output_dir: Path, partition: str) -> Path:
-    return output_dir / "models" / partition
-
-
-def save(trained: TrainedModel, output_dir: Path, partition: str) -> dict:
-    """Write the model, then its card (which names the model file's hash): readers only take a
-    folder with a card, and a card only vouches for the model it was written with."""
-    target = model_dir(output_dir, partition)
-    with atomic_write(target / MODEL_FILE) as tmp:
-        joblib.dump(trained.pipeline, tmp)
-    card = {
-        "model_version": f"churn-{partition}",
-        "partition": partition,
-        "feature_service": FEATURE_SERVICE,
-        "features": {
-            "categorical": trained.features.categorical,
-            "numeric": trained.features.numeric,
-        },
-        "training_months": trained.training_months,
-        "holdout": trained.holdout,
-        "metrics": trained.metrics,
-        "baselines": trained.baselines,
-        "model_sha256": _sha256(target / MODEL_FILE),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    with atomic_write(target / CARD_FILE) as tmp:
-        tmp.write_text(json.dumps(card, indent=2) + "\n")
-    return card
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     pipeline: Pipeline
     features: Features
-    card: dict
-
-    @property
-    def version(self) -> str:
-        return self.card["model_version"]
+    version: str
+    """How scores and responses name it, e.g. "churn_model v3 (2024-02)"."""
 
     def score(self, records: pd.DataFrame | list[dict]) -> np.ndarray:
         return self.pipeline.predict_proba(feature_frame(records, self.features))[:, 1]
 
 
-def load(folder: Path) -> LoadedModel:
-    card = json.loads((folder / CARD_FILE).read_text())
-    if _sha256(folder / MODEL_FILE) != card.get("model_sha256"):
-        raise ValueError(
-            f"{folder / MODEL_FILE} is not the model its card {folder / CARD_FILE} was written "
-            "for (its hash differs): materialize churn_model for that month again"
-        )
-    features = Features(card["features"]["categorical"], card["features"]["numeric"])
-    return LoadedModel(joblib.load(folder / MODEL_FILE), features, card)
-
-
-def newest_model_dir(output_dir: Path) -> Path | None:
-    models = output_dir / "models"
-    if not models.is_dir():
-        return None
-    done = sorted(p for p in models.iterdir() if (p / CARD_FILE).exists() and p.name[0] != ".")
-    return done[-1] if done else None
+def load(registry: Registry, decision: Decision) -> LoadedModel:
+    features = Features(decision.features["categorical"], decision.features["numeric"])
+    return LoadedModel(registry.load(decision), features, decision.label)
 
 
 # ---- the monthly steps -------------------------------------------------------------------------
 
 BEATS_BASELINES = (
     f"ROC AUC above {MIN_ROC_AUC} and log loss below the majority-class baseline's, on the "
-    "hold-out."
+    "hold-out. A candidate that fails is registered but not promoted; the month still completes."
+)
+BEATS_CHAMPION = (
+    "Log loss on the month's hold-out not worse than the champion as of the month before (scored "
+    "on the same rows). A candidate that fails is registered but not promoted."
 )
 
 
@@ -304,84 +272,144 @@ def _table(frame: pd.DataFrame) -> str:
     return markdown_table(list(frame.columns), frame.itertuples(index=False))
 
 
-def train_month(output_dir: Path, first_month: date, partition: str) -> StepResult:
-    """Train and evaluate month M's model; save it only when it beats the baselines."""
+def previous_month(partition: str) -> str:
+    return partition_key(add_months(month_of(partition), -1))
+
+
+def train_month(settings: Settings, partition: str) -> StepResult:
+    """Train, evaluate and register month M's candidate; promote it when it beats the baselines
+    and the champion as of M-1. Losing is reported by the checks, not raised."""
+    output_dir = settings.output_dir
     if not training_path(output_dir, partition).exists():
         raise MissingInputError(
             f"{training_path(output_dir, partition)} is missing: materialize training_dataset "
             f"for {partition}"
         )
     started = time.perf_counter()
-    trained = train(output_dir, first_month, partition)
+    registry = Registry(settings)
+    trained = train(output_dir, window_months(settings, partition), partition)
+    metrics = trained.metrics
     majority = trained.baselines["majority class"]
-    passed = (
-        trained.metrics["roc_auc"] > MIN_ROC_AUC
-        and trained.metrics["log_loss"] < majority["log_loss"]
+    beats_baselines = (
+        metrics["roc_auc"] > MIN_ROC_AUC and metrics["log_loss"] < majority["log_loss"]
     )
-    comparison = pd.DataFrame(
-        [
-            {
-                "model": "churn model",
-                **{k: trained.metrics[k] for k in ("roc_auc", "pr_auc", "log_loss")},
-            }
-        ]
-        + [{"model": name, **values} for name, values in trained.baselines.items()]
-    )
-    check = CheckOutcome(
-        name="beats_baselines",
-        passed=passed,
-        description=f"ROC AUC {trained.metrics['roc_auc']} (needs > {MIN_ROC_AUC}), log loss "
-        f"{trained.metrics['log_loss']} (majority class: {majority['log_loss']})",
-        metadata={"comparison": _table(comparison)},
-    )
-    if not passed:
-        return StepResult(
-            [check],
-            refused=StepRefused(
-                f"churn_model {partition} not saved: it does not beat the baselines"
-            ),
+
+    previous = registry.champion_as_of(previous_month(partition))
+    rows = [{"model": "candidate", **{k: metrics[k] for k in ("roc_auc", "pr_auc", "log_loss")}}]
+    if previous is not None:
+        champion = load(registry, previous)
+        held_out = _metrics(trained.y_test, champion.score(trained.x_test))
+        rows.append({"model": f"champion as of {previous_month(partition)}: {champion.version}",
+                     **held_out})  # fmt: skip
+        beats_champion = metrics["log_loss"] <= held_out["log_loss"]
+        against = f"{previous.label}'s log loss {held_out['log_loss']} on the same rows"
+    else:
+        beats_champion, against = True, f"no champion as of {previous_month(partition)}"
+    rows += [{"model": name, **values} for name, values in trained.baselines.items()]
+    comparison = _table(pd.DataFrame(rows))
+
+    promoted = beats_baselines and beats_champion
+    reason = (
+        "promoted: beats the baselines and " + ("the champion" if previous else "no champion yet")
+        if promoted
+        else "not promoted: "
+        + " and ".join(
+            what
+            for what, lost in (
+                ("loses to the baselines", not beats_baselines),
+                ("loses to the champion", not beats_champion),
+            )
+            if lost
         )
-    card = save(trained, output_dir, partition)
+    )
+    decision = registry.register(
+        Candidate(
+            partition=partition,
+            pipeline=trained.pipeline,
+            promoted=promoted,
+            reason=reason,
+            training_months=trained.training_months,
+            features={
+                "categorical": trained.features.categorical,
+                "numeric": trained.features.numeric,
+            },
+            feature_service=FEATURE_SERVICE,
+            params={
+                "training_months": ",".join(trained.training_months),
+                "holdout": trained.holdout,
+                "model_window": settings.model_window,
+                "feature_service": FEATURE_SERVICE,
+                "features": ",".join(trained.features.names),
+                **{
+                    f"hgb_{k}": v
+                    for k, v in trained.pipeline.named_steps["model"].get_params().items()
+                    if k in HGB_PARAMS
+                },
+            },
+            metrics={
+                **{k: float(v) for k, v in metrics.items()},
+                **{
+                    f"{name.replace(' ', '_')}_{key}": value
+                    for name, values in trained.baselines.items()
+                    for key, value in values.items()
+                },
+            },
+            texts={
+                "comparison.md": comparison,
+                "calibration_by_decile.md": _table(trained.calibration),
+                "feature_importance.md": _table(trained.importance),
+            },
+            example_input=trained.x_test.head(50),
+            example_output=trained.pipeline.predict_proba(trained.x_test.head(50))[:, 1],
+        )
+    )
+    champion_now = registry.champion_as_of(partition)
+    checks = [
+        CheckOutcome(
+            name="beats_baselines",
+            passed=beats_baselines,
+            description=f"ROC AUC {metrics['roc_auc']} (needs > {MIN_ROC_AUC}), log loss "
+            f"{metrics['log_loss']} (majority class: {majority['log_loss']})",
+            metadata={"comparison": comparison},
+            blocking=False,
+        ),
+        CheckOutcome(
+            name="beats_champion",
+            passed=beats_champion,
+            description=f"log loss {metrics['log_loss']} against {against}",
+            metadata={"comparison": comparison},
+            blocking=False,
+        ),
+    ]
     return StepResult(
-        [check],
+        checks,
         {
-            "model version": card["model_version"],
-            "path": model_dir(output_dir, partition),
+            "model version": decision.label,
+            "decision": reason,
+            "promoted": promoted,
+            "champion as of this month": champion_now.label if champion_now else "none",
             "training months": ", ".join(trained.training_months),
             "hold-out": trained.holdout,
-            **dict(trained.metrics.items()),
-            "against baselines": _table(comparison),
+            **dict(metrics.items()),
+            "against the champion and baselines": comparison,
             "calibration by decile": _table(trained.calibration),
             "feature importance (ROC AUC drop when shuffled)": _table(trained.importance),
+            "mlflow run": decision.run_id,
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
 
 
-def score_month(engine: Engine, output_dir: Path, partition: str) -> dict[str, object]:
-    """Score every user of the month with the month's model into table churn_scores, replacing
-    exactly that month's rows; the metadata of the write."""
-    folder = model_dir(output_dir, partition)
-    if not (folder / CARD_FILE).exists():
-        raise MissingInputError(f"no model in {folder}: materialize churn_model for {partition}")
-    model = load(folder)
-    frame = read_training_csv(training_path(output_dir, partition))
-    scores = pd.DataFrame(
-        {
-            "user_id": frame["user_id"],
-            "as_of": as_of(partition),
-            "score": model.score(frame),
-            "model_version": model.version,
-        }
-    )
+def score_month(engine: Engine, settings: Settings, partition: str) -> dict[str, object]:
+    """Score every user of the month with the champion as of the month into table churn_scores,
+    replacing exactly that month's rows; the metadata of the write. With no champion as of the
+    month (no candidate promoted yet), the month has no scores."""
+    registry = Registry(settings)
+    decisions = registry.decisions()
+    if partition not in decisions:
+        raise MissingInputError(f"no churn_model for {partition}: materialize churn_model first")
+    champion = registry.champion_as_of(partition, decisions)
     table = ident(SCORES_TABLE)
-    # One CSV buffer written by Arrow, one COPY: no Python loop over the rows.
-    buffer = io.BytesIO()
-    pa_csv.write_csv(
-        pa.Table.from_pandas(scores, preserve_index=False),
-        buffer,
-        write_options=pa_csv.WriteOptions(include_header=False),
-    )
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -390,6 +418,32 @@ def score_month(engine: Engine, output_dir: Path, partition: str) -> dict[str, o
                 "model_version TEXT NOT NULL, PRIMARY KEY (user_id, as_of))"
             )
         )
+    if champion is None:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DELETE FROM {table} WHERE as_of = :a"), {"a": as_of(partition)})
+        return {
+            "as_of": str(as_of(partition)),
+            "rows": 0,
+            "model version": f"none: no candidate up to {partition} has been promoted",
+        }
+    model = load(registry, champion)
+    frame = read_training_csv(training_path(settings.output_dir, partition))
+    scores = pd.DataFrame(
+        {
+            "user_id": frame["user_id"],
+            "as_of": as_of(partition),
+            "score": model.score(frame),
+            "model_version": model.version,
+        }
+    )
+    # One CSV buffer written by Arrow, one COPY: no Python loop over the rows.
+    buffer = io.BytesIO()
+    pa_csv.write_csv(
+        pa.Table.from_pandas(scores, preserve_index=False),
+        buffer,
+        write_options=pa_csv.WriteOptions(include_header=False),
+    )
+    with engine.begin() as conn:
         conn.execute(sa.text(f"DELETE FROM {table} WHERE as_of = :a"), {"a": as_of(partition)})
         copy_in(conn, table, list(scores.columns), buffer.getvalue())
     return {

@@ -6,6 +6,7 @@
 - STREAMFLOW_FIRST_MONTH (2024-01): the month that month_000 describes, YYYY-MM
 - STREAMFLOW_OUTPUT_DIR (data/processed): training CSVs and other outputs
 - STREAMFLOW_FEATURE_REPO: the Feast repository; unset, the one installed with the package
+- STREAMFLOW_MODEL_WINDOW (12): how many months before M the churn model of month M trains on
 
 Relative paths are taken from the project folder: the nearest folder at or above the working
 directory that holds `workspace.yaml` (else the working directory), so `cd feature_repo && feast
@@ -31,6 +32,7 @@ DROPS_DIR_VAR = "STREAMFLOW_DROPS_DIR"
 FIRST_MONTH_VAR = "STREAMFLOW_FIRST_MONTH"
 OUTPUT_DIR_VAR = "STREAMFLOW_OUTPUT_DIR"
 FEATURE_REPO_VAR = "STREAMFLOW_FEATURE_REPO"
+MODEL_WINDOW_VAR = "STREAMFLOW_MODEL_WINDOW"
 
 DEFAULTS = {
     DATABASE_URL_VAR: "",
@@ -39,6 +41,7 @@ DEFAULTS = {
     FIRST_MONTH_VAR: "2024-01",
     OUTPUT_DIR_VAR: "data/processed",
     FEATURE_REPO_VAR: "",
+    MODEL_WINDOW_VAR: "12",
 }
 """Every setting and its default; an empty value means unset."""
 
@@ -64,6 +67,8 @@ class Settings:
     output_dir: Path
     feature_repo: Path | None = None
     """The Feast repository (feature_repo/); None: the one installed with the package."""
+    model_window: int = 12
+    """How many months before M the churn model of month M trains on."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +95,7 @@ class Settings:
             first_month=parse_month(raw(FIRST_MONTH_VAR)),
             output_dir=path(OUTPUT_DIR_VAR),
             feature_repo=path(FEATURE_REPO_VAR) if raw(FEATURE_REPO_VAR) else None,
+            model_window=parse_window(raw(MODEL_WINDOW_VAR)),
         )
 
 
@@ -133,6 +139,14 @@ def parse_month(raw: str, var: str = FIRST_MONTH_VAR) -> date:
     if not match or not 1 <= int(match.group(2)) <= 12:
         raise SettingsError(f"{var} must be a month written YYYY-MM (like 2024-01), got {raw!r}")
     return date(int(match.group(1)), int(match.group(2)), 1)
+
+
+def parse_window(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 120:
+        raise SettingsError(
+            f"{MODEL_WINDOW_VAR} must be a whole number of months from 1 to 120, got {raw!r}"
+        )
+    return int(raw)
 
 
 def add_months(month: date, n: int) -> date:

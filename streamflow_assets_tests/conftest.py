@@ -254,13 +254,15 @@ class Warehouse:
         self._monkeypatch.setenv("STREAMFLOW_FIRST_MONTH", "2024-01")
         self._monkeypatch.setenv("STREAMFLOW_OUTPUT_DIR", str(self.output))
 
-    def materialize(self, partition: str, selection=None) -> dg.ExecuteInProcessResult:
+    def materialize(
+        self, partition: str, selection=None, instance: dg.DagsterInstance | None = None
+    ) -> dg.ExecuteInProcessResult:
         self.activate()
-        return materialize_month(partition, selection=selection)
+        return materialize_month(partition, selection=selection, instance=instance)
 
-    def load(self, *partitions: str, selection=None) -> None:
+    def load(self, *partitions: str, selection=None, instance=None) -> None:
         for partition in partitions:
-            result = self.materialize(partition, selection)
+            result = self.materialize(partition, selection, instance)
             assert result.success, failure_text(result)
 
     def state(self) -> dict[str, list[tuple]]:

@@ -12,6 +12,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from streamflow_assets.db import libpq_url
+from streamflow_assets.model_registry import Registry
+from streamflow_assets.settings import Settings
 from streamflow_assets_tests.conftest import (
     Warehouse,
     create_database,
@@ -46,13 +48,17 @@ def api(served) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_health_names_the_month_online(api):
+def test_health_names_the_month_online_and_the_champion(api, served):
+    _, warehouse = served
+    warehouse.activate()
+    champion = Registry(Settings.from_env()).current_champion()
     response = api.get("/health")
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
         "online_month": "2024-02",
         "feature_service": "churn_features",
+        "champion": champion.label if champion else None,
     }
 
 

@@ -1,17 +1,25 @@
-"""The churn model on generated drops: temporal hold-out, baselines, card, scores, /predict."""
+"""The churn model's lifecycle on generated drops, with a real MLflow store in the test database:
+candidates, champion/challenger decided by months, scores by the champion, /predict following
+the champion, and what happens when a candidate loses or an artifact is broken."""
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import dagster as dg
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
+from streamflow_assets.definitions import defs
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
-from streamflow_assets.model import model_dir
+from streamflow_assets.model import load
+from streamflow_assets.model_registry import MODEL_NAME, Registry, RegistryError
 from streamflow_assets.settings import Settings
 from streamflow_assets_tests.conftest import (
     SEED_USERS,
@@ -24,6 +32,9 @@ from streamflow_assets_tests.conftest import (
     stop_api,
 )
 
+MODEL_GROUP = dg.AssetSelection.groups("model")
+MONTHS = ("2024-01", "2024-02", "2024-03")
+
 
 @pytest.fixture(scope="module")
 def modelled(server_url, seed_drops) -> Iterator[Warehouse]:
@@ -31,79 +42,107 @@ def modelled(server_url, seed_drops) -> Iterator[Warehouse]:
     url = create_database(server_url)
     with pytest.MonkeyPatch.context() as patch:
         warehouse = Warehouse(url, seed_drops, patch)
-        warehouse.load("2024-01", "2024-02", "2024-03")
+        warehouse.load(*MONTHS)
         yield warehouse
         warehouse.engine.dispose()
     drop_database(server_url, url)
 
 
-def card(warehouse: Warehouse, partition: str) -> dict:
-    return json.loads((model_dir(warehouse.output, partition) / "model.json").read_text())
+def registry(warehouse: Warehouse) -> Registry:
+    warehouse.activate()
+    return Registry(Settings.from_env())
 
 
-def test_the_model_beats_the_majority_class_on_the_hold_out_month(modelled):
-    march = card(modelled, "2024-03")
-    assert march["training_months"] == ["2024-01", "2024-02"]
-    assert march["holdout"] == "month 2024-03"
-    majority = march["baselines"]["majority class"]
-    assert march["metrics"]["roc_auc"] > 0.6 > majority["roc_auc"]
-    assert march["metrics"]["log_loss"] < majority["log_loss"]
-    assert set(march["baselines"]) == {"majority class", "logistic regression"}
+def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def test_the_first_month_trains_on_80_percent_of_its_users(modelled):
-    january = card(modelled, "2024-01")
-    assert january["training_months"] == ["2024-01"]
-    assert "20%" in january["holdout"]
-    assert january["metrics"]["test_rows"] == SEED_USERS // 5
-    assert january["metrics"]["train_rows"] == SEED_USERS - SEED_USERS // 5
+def test_every_candidate_is_a_run_and_a_version_with_its_lineage(modelled):
+    reg = registry(modelled)
+    decisions = reg.decisions()
+    assert sorted(decisions) == list(MONTHS)
+    march = decisions["2024-03"]
+    assert march.training_months == ["2024-01", "2024-02"]
+    assert decisions["2024-01"].training_months == ["2024-01"]
+    run = reg.client.get_run(march.run_id)
+    assert run.data.params["training_months"] == "2024-01,2024-02"
+    assert run.data.params["holdout"] == "month 2024-03"
+    assert run.data.params["feature_service"] == FEATURE_SERVICE
+    for metric in ("roc_auc", "log_loss", "majority_class_log_loss", "logistic_regression_roc_auc"):
+        assert metric in run.data.metrics
+    january = reg.client.get_run(decisions["2024-01"].run_id)
+    assert january.data.metrics["test_rows"] == SEED_USERS // 5
+    assert january.data.metrics["train_rows"] == SEED_USERS - SEED_USERS // 5
+    artifacts = {a.path for a in reg.client.list_artifacts(march.run_id)}
+    assert {"comparison.md", "calibration_by_decile.md", "feature_importance.md"} <= artifacts
+    import mlflow.models
 
-
-def test_the_card_names_the_feature_service_and_its_features(modelled):
-    modelled.activate()
+    info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/{march.version}")
+    assert info.signature is not None
     store = feature_store(Settings.from_env())
     service = store.get_feature_service(FEATURE_SERVICE)
     served = {f.name for p in service.feature_view_projections for f in p.features}
-    march = card(modelled, "2024-03")
-    assert march["feature_service"] == FEATURE_SERVICE
-    assert set(march["features"]["categorical"] + march["features"]["numeric"]) == served
-    assert march["features"]["categorical"] == ["net_service", "tenure_bucket"]
-    assert (model_dir(modelled.output, "2024-03") / "model.joblib").stat().st_size > 0
+    assert set(march.features["categorical"] + march.features["numeric"]) == served
+    assert [c.name for c in info.signature.inputs.inputs] == (
+        march.features["categorical"] + march.features["numeric"]
+    )
 
 
-def test_the_model_metadata_explains_it(modelled):
+def test_the_alias_names_the_champion_as_of_the_newest_month(modelled):
+    reg = registry(modelled)
+    decisions = reg.decisions()
+    champion = reg.current_champion()
+    assert champion is not None
+    assert champion == reg.champion_as_of("2024-03", decisions)
+    assert champion.promoted
+    # The decision of a month is the champion/challenger rule applied to that month.
+    for partition, decision in decisions.items():
+        assert ("not promoted" in decision.reason) != decision.promoted, partition
+
+
+def test_the_model_metadata_explains_the_decision(modelled):
     result = modelled.materialize("2024-03", "churn_model")
     assert result.success, failure_text(result)
     metadata = materialization(result, "churn_model").metadata
-    for key in ("roc_auc", "pr_auc", "log_loss", "calibration by decile", "against baselines"):
+    for key in ("roc_auc", "log_loss", "decision", "model version", "calibration by decile"):
         assert key in metadata
+    comparison = metadata["against the champion and baselines"].value
+    assert "champion as of 2024-02" in comparison and "majority class" in comparison
     assert metadata["calibration by decile"].value.count("\n") == 11  # header, rule, 10 deciles
-    importance = metadata["feature importance (ROC AUC drop when shuffled)"].value
-    assert "months_active" in importance
+    assert set(check_evaluations(result)) == {"beats_baselines", "beats_champion"}
 
 
-def test_scores_cover_every_user_once_per_month_and_rerun_idempotently(modelled):
-    query = "SELECT * FROM churn_scores WHERE as_of = '2024-03-31' ORDER BY user_id"
+def test_scores_come_from_the_champion_as_of_each_month_and_rerun_idempotently(modelled):
+    # Earlier tests registered new versions; scores follow them when they run again.
+    modelled.load(*MONTHS, selection="churn_scores")
+    reg = registry(modelled)
+    decisions = reg.decisions()
+    for partition in MONTHS:
+        as_of = pd.Period(partition).end_time.date().isoformat()
+        scores = modelled.frame(
+            "SELECT * FROM churn_scores WHERE as_of = :a ORDER BY user_id", a=as_of
+        )
+        users = modelled.frame(
+            "SELECT user_id FROM labels_snapshots WHERE as_of = :a ORDER BY user_id", a=as_of
+        )
+        assert scores["user_id"].tolist() == users["user_id"].tolist()
+        assert set(scores["model_version"]) == {reg.champion_as_of(partition, decisions).label}
+        assert scores["score"].between(0, 1).all()
+    query = "SELECT * FROM churn_scores ORDER BY as_of, user_id"
     before = modelled.frame(query)
-    users = modelled.frame(
-        "SELECT user_id FROM labels_snapshots WHERE as_of = '2024-03-31' ORDER BY user_id"
-    )
-    assert before["user_id"].tolist() == users["user_id"].tolist()
-    assert set(before["model_version"]) == {"churn-2024-03"}
-    assert before["score"].between(0, 1).all()
     result = modelled.materialize("2024-03", "churn_scores")
     assert result.success, failure_text(result)
     pd.testing.assert_frame_equal(modelled.frame(query), before)
-    assert len(modelled.frame("SELECT DISTINCT as_of FROM churn_scores")) == 3
 
 
-def test_offline_and_online_scores_of_the_same_user_agree(modelled):
-    """churn_scores (training CSV features, offline) and /predict (online features, over HTTP)
-    give the same probability for March, the newest month online and the newest model."""
+def test_offline_scores_equal_predict_which_follows_a_new_champion(modelled):
+    """churn_scores (offline) and /predict (online, over HTTP) agree; re-registering the
+    champion's month promotes a new version, which /predict serves without a restart."""
+    reg = registry(modelled)
+    champion = reg.current_champion()
     scores = modelled.frame(
         "SELECT user_id, score FROM churn_scores WHERE as_of = '2024-03-31' ORDER BY user_id"
-    ).head(25)
-    modelled.activate()
+    ).head(20)
     process, base = start_api(dict(os.environ))
     try:
         with httpx.Client(base_url=base, timeout=30) as client:
@@ -111,37 +150,175 @@ def test_offline_and_online_scores_of_the_same_user_agree(modelled):
                 response = client.post("/predict", json={"user_id": user_id})
                 assert response.status_code == 200, response.text
                 body = response.json()
-                assert body["model_version"] == "churn-2024-03"
-                assert body["as_of"] == "2024-03-31"
+                assert body["model_version"] == champion.label
                 assert body["churn_probability"] == pytest.approx(offline, abs=1e-12)
+            assert client.get("/health").json()["champion"] == champion.label
             assert client.post("/predict", json={"user_id": "0000-ZZZZZ"}).status_code == 404
             assert client.post("/predict", json={"user_id": "nope"}).status_code == 422
-            assert client.post("/predict", json={}).status_code == 422
+
+            result = modelled.materialize(champion.partition, "churn_model")
+            assert result.success, failure_text(result)
+            new = reg.current_champion()
+            assert new.version > champion.version and new.partition == champion.partition
+            user = scores["user_id"].iloc[0]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                body = client.post("/predict", json={"user_id": user}).json()
+                if body["model_version"] == new.label:
+                    break
+                time.sleep(0.5)
+            assert body["model_version"] == new.label
+            assert client.get("/health").json()["champion"] == new.label
     finally:
         stop_api(process)
 
 
-def test_a_model_without_its_training_csv_fails_and_saves_nothing(new_warehouse):
-    warehouse = new_warehouse()
-    result = warehouse.materialize("2024-01", "churn_model")
-    assert not result.success
-    text = failure_text(result)
-    assert "training_df_2024-01-31.csv is missing" in text
-    assert "materialize training_dataset for 2024-01" in text
-    assert not model_dir(warehouse.output, "2024-01").exists()
+def _model_files(reg: Registry, version: int) -> list[Path]:
+    uri = reg.client.get_model_version_download_uri(MODEL_NAME, str(version))
+    folder = Path(uri.removeprefix("file://"))
+    return [p for p in folder.rglob("model.*") if p.is_file()]
 
 
-def test_scores_without_a_model_fail_and_change_no_scores(modelled):
-    before = modelled.frame("SELECT * FROM churn_scores ORDER BY as_of, user_id")
-    folder = model_dir(modelled.output, "2024-02")
-    hidden = folder.with_name(".hidden-2024-02")  # dot: not a model to any reader meanwhile
-    folder.rename(hidden)
+def test_a_corrupted_artifact_is_named_and_the_loaded_champion_keeps_serving(modelled):
+    from streamflow_assets.serving.app import Models
+
+    reg = registry(modelled)
+    settings = Settings.from_env()
+    models = Models(settings)
+    serving = models.champion()
+    result = modelled.materialize(reg.current_champion().partition, "churn_model")
+    assert result.success, failure_text(result)
+    broken = reg.current_champion()
+    files = _model_files(reg, broken.version)
+    assert files, "the model's artifact files"
+    saved = {f: f.read_bytes() for f in files}
     try:
-        result = modelled.materialize("2024-02", "churn_scores")
+        for f in files:
+            f.write_bytes(b"not a model")
+        with pytest.raises(RegistryError, match=rf"{MODEL_NAME} v{broken.version} .* cannot be"):
+            load(reg, broken)
+        models._checked = float("-inf")  # the next request looks the champion up again
+        assert models.champion() is serving
+        scored = modelled.materialize(broken.partition, "churn_scores")
+        assert not scored.success
+        assert f"{broken.label} cannot be loaded from" in failure_text(scored)
     finally:
-        hidden.rename(folder)
-    assert not result.success
-    assert f"no model in {folder}: materialize churn_model for 2024-02" in failure_text(result)
-    pd.testing.assert_frame_equal(
-        modelled.frame("SELECT * FROM churn_scores ORDER BY as_of, user_id"), before
+        for f, data in saved.items():
+            f.write_bytes(data)
+
+
+def test_an_unreachable_tracking_store_is_named(modelled, monkeypatch):
+    monkeypatch.setenv("STREAMFLOW_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/nowhere")
+    with pytest.raises(RegistryError, match=r"MLflow store at .*127\.0\.0\.1:1/nowhere"):
+        Registry(Settings.from_env())
+
+
+# ---- a candidate that loses, and months loaded in any order ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def drifting_drops(seed_drops: Path, tmp_path_factory) -> Path:
+    """The seed drops with February's labels shuffled: no model can predict them."""
+    out = tmp_path_factory.mktemp("drifting") / "drops"
+    shutil.copytree(seed_drops, out)
+    labels = out / "month_001" / "labels.csv"
+    frame = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    frame["churn_label"] = np.random.default_rng(3).permutation(frame["churn_label"].to_numpy())
+    frame.to_csv(labels, index=False)
+    return out
+
+
+def test_a_losing_candidate_leaves_the_month_green_and_the_champion_in_place(
+    server_url, drifting_drops, monkeypatch
+):
+    url = create_database(server_url)
+    warehouse = Warehouse(url, drifting_drops, monkeypatch)
+    try:
+        warehouse.load("2024-01")
+        january = registry(warehouse).current_champion()
+        assert january is not None and january.partition == "2024-01"
+        result = warehouse.materialize("2024-02")
+        assert result.success, failure_text(result)
+        assert check_evaluations(result)["beats_baselines"] is False
+        reg = registry(warehouse)
+        assert not reg.decisions()["2024-02"].promoted
+        assert reg.current_champion() == january
+        scores = warehouse.frame("SELECT DISTINCT model_version FROM churn_scores")
+        assert scores["model_version"].tolist() == [january.label]
+    finally:
+        warehouse.engine.dispose()
+        drop_database(server_url, url)
+
+
+class Automation:
+    """Declarative automation as the daemon runs it, evaluated by hand: each `tick()` evaluates
+    the conditions and runs what they request, until they request nothing."""
+
+    def __init__(self, warehouse: Warehouse):
+        self.warehouse = warehouse
+        self.instance = dg.DagsterInstance.ephemeral()
+        self.cursor = None
+        self.evaluations = self.runs = 0
+        self.tick()  # automation is on before the first month arrives
+
+    def load(self, partition: str) -> None:
+        self.warehouse.load(partition, instance=self.instance)
+        self.tick()
+
+    def tick(self) -> None:
+        for _ in range(20):
+            self.warehouse.activate()
+            evaluation = dg.evaluate_automation_conditions(
+                defs=defs, instance=self.instance, cursor=self.cursor
+            )
+            self.cursor, self.evaluations = evaluation.cursor, self.evaluations + 1
+            if evaluation.total_requested == 0:
+                return
+            requested: dict[str, list[str]] = {}
+            for key in MODEL_GROUP.resolve(defs.resolve_asset_graph()):
+                for partition in evaluation.get_requested_partitions(key):
+                    requested.setdefault(partition, []).append(key.to_user_string())
+            for partition in sorted(requested):
+                self.warehouse.load(
+                    partition, selection=requested[partition], instance=self.instance
+                )
+                self.runs += 1
+        raise AssertionError("automation did not settle in 20 evaluations")
+
+
+def outcome(warehouse: Warehouse) -> tuple:
+    reg = registry(warehouse)
+    decisions = reg.decisions()
+    champion = reg.current_champion()
+    scores = warehouse.frame("SELECT user_id, as_of, score, model_version FROM churn_scores")
+    # Version numbers count registrations, which differ between orders: compare the months.
+    scores["model_version"] = scores["model_version"].str.extract(r"\((\d{4}-\d{2})\)")[0]
+    return (
+        {p: (d.training_months, d.promoted) for p, d in decisions.items()},
+        champion.partition if champion else None,
+        scores.sort_values(["as_of", "user_id"]).reset_index(drop=True),
     )
+
+
+def test_months_loaded_in_either_order_converge_under_automation(new_warehouse):
+    in_order, shuffled = new_warehouse(), new_warehouse()
+    results = []
+    for warehouse, order in ((in_order, MONTHS), (shuffled, ("2024-03", "2024-01", "2024-02"))):
+        automation = Automation(warehouse)
+        for partition in order:
+            automation.load(partition)
+        results.append(outcome(warehouse))
+        print(f"order {order}: {automation.evaluations} evaluations, {automation.runs} runs")
+    (decisions_a, champion_a, scores_a), (decisions_b, champion_b, scores_b) = results
+    assert decisions_a == decisions_b
+    assert decisions_a["2024-03"][0] == ["2024-01", "2024-02"]
+    assert champion_a == champion_b
+    pd.testing.assert_frame_equal(scores_a, scores_b)
+
+
+def test_a_stale_month_is_retrained_by_materializing_it_and_what_follows(new_warehouse):
+    warehouse = new_warehouse()
+    warehouse.load("2024-02", "2024-01")
+    assert registry(warehouse).decisions()["2024-02"].training_months == ["2024-02"]
+    warehouse.load("2024-02", selection=MODEL_GROUP)
+    assert registry(warehouse).decisions()["2024-02"].training_months == ["2024-01"]

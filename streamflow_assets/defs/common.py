@@ -12,6 +12,7 @@ import dagster as dg
 
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.ingestion.drops import DropError
+from streamflow_assets.model_registry import RegistryError
 from streamflow_assets.report import CheckOutcome, Markdown, MissingInputError, StepRefused
 
 
@@ -67,7 +68,7 @@ def as_failures() -> Iterator[None]:
         yield
     except StepRefused as exc:
         raise dg.Failure(description=str(exc), metadata=metadata(exc.metadata)) from None
-    except (MissingInputError, DropError, LookupError) as exc:
+    except (MissingInputError, DropError, RegistryError, LookupError) as exc:
         raise dg.Failure(description=str(exc)) from None
 
 

@@ -1,4 +1,11 @@
-"""Group `model`: the month's churn model and the month's scores."""
+"""Group `model`: the month's churn model (a candidate, champion or not) and the month's scores.
+
+`churn_model` M declares what it reads: the training sets of M (its hold-out) and of up to
+STREAMFLOW_MODEL_WINDOW months before it (read when the code location is imported), and itself
+for M-1 (the champion it must beat). A newer training set or model for an earlier month makes the
+later models stale; with automation on, both assets follow their inputs for every month, so
+months loaded in any order end with every model trained on exactly its window.
+"""
 
 import dagster as dg
 
@@ -6,28 +13,56 @@ from streamflow_assets.defs.common import as_failures, check_result, check_spec,
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
 from streamflow_assets.defs.training import training_dataset
-from streamflow_assets.model import BEATS_BASELINES, score_month, train_month
+from streamflow_assets.model import BEATS_BASELINES, BEATS_CHAMPION, score_month, train_month
+from streamflow_assets.settings import Settings
+
+MODEL_WINDOW = Settings.from_env().model_window
+
+FOLLOW_INPUTS = (
+    dg.AutomationCondition.eager()
+    .without(dg.AutomationCondition.in_latest_time_window())
+    .with_label("eager, every month")
+)
+"""Eager for every month, not only the newest: a month whose inputs changed (a new training set,
+a re-decided month before it) is run again, once nothing upstream is missing or in progress."""
 
 
 @dg.asset(
     group_name="model",
     partitions_def=monthly_partitions,
-    deps=[training_dataset],
-    kinds={"scikitlearn"},
-    check_specs=[check_spec("beats_baselines", "churn_model", BEATS_BASELINES, blocking=True)],
+    deps=[
+        dg.AssetDep(
+            training_dataset,
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-MODEL_WINDOW, end_offset=0, allow_nonexistent_upstream_partitions=True
+            ),
+        ),
+        dg.AssetDep(
+            "churn_model",
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+            ),
+        ),
+    ],
+    kinds={"scikitlearn", "mlflow"},
+    automation_condition=FOLLOW_INPUTS,
+    check_specs=[
+        check_spec("beats_baselines", "churn_model", BEATS_BASELINES, blocking=False),
+        check_spec("beats_champion", "churn_model", BEATS_CHAMPION, blocking=False),
+    ],
 )
 def churn_model(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
-    """The month's churn model: a scikit-learn pipeline (one-hot encoding of the categories,
-    then gradient-boosted trees) trained on the training CSVs of every month before this one and
-    evaluated on this month (the first month: a seeded 80/20 split of its users). Saved under
-    `STREAMFLOW_OUTPUT_DIR/models/<month>/` with its card (features, feature service, training
-    months, metrics) only when it beats the baselines."""
-    settings = streamflow.settings()
+    """The month's candidate churn model, a version of the registered MLflow model
+    `churn_model`: a scikit-learn pipeline (one-hot encoding of the categories, then
+    gradient-boosted trees) trained on the training sets of the months before this one inside
+    the model window, evaluated on this month (the first month: a seeded 80/20 split).
+
+    Promoted (alias `champion`) only when it beats the baselines and the champion as of the
+    month before on this month's hold-out. A candidate that loses is recorded and the month
+    completes: its checks say it lost."""
     with as_failures():
-        result = train_month(settings.output_dir, settings.first_month, context.partition_key)
-        yield from (check_result(c, "churn_model") for c in result.checks)
-        if result.refused:
-            raise result.refused
+        result = train_month(streamflow.settings(), context.partition_key)
+    yield from (check_result(c, "churn_model") for c in result.checks)
     yield dg.MaterializeResult(metadata=metadata(result.metadata))
 
 
@@ -36,13 +71,12 @@ def churn_model(context: dg.AssetExecutionContext, streamflow: StreamflowSetting
     partitions_def=monthly_partitions,
     deps=[churn_model],
     kinds={"scikitlearn", "postgres"},
+    automation_condition=FOLLOW_INPUTS,
 )
 def churn_scores(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
-    """`churn_scores`: every user of the month scored by the month's model (user_id, as_of,
-    score, model_version), from the features of the month's training CSV. Re-running a month
-    replaces exactly that month's rows."""
+    """`churn_scores`: every user of the month scored by the champion as of the month (user_id,
+    as_of, score, model_version), from the features of the month's training CSV. Re-running a
+    month replaces exactly that month's rows."""
     with as_failures():
-        written = score_month(
-            streamflow.engine(), streamflow.settings().output_dir, context.partition_key
-        )
+        written = score_month(streamflow.engine(), streamflow.settings(), context.partition_key)
     return dg.MaterializeResult(metadata=metadata(written))

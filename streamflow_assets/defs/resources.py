@@ -16,6 +16,7 @@ from streamflow_assets.settings import (
     FEATURE_REPO_VAR,
     FIRST_MONTH_VAR,
     HOME_VAR,
+    MODEL_WINDOW_VAR,
     OUTPUT_DIR_VAR,
     Settings,
 )
@@ -23,9 +24,9 @@ from streamflow_assets.settings import (
 
 class StreamflowSettings(dg.ConfigurableResource):
     """The PostgreSQL of STREAMFLOW_DATABASE_URL (or the embedded one, started on first use), the
-    drops folder, the first month and the output folder. Each field is the environment variable
-    of the same name when it is set, else its default; an empty database_url means the embedded
-    PostgreSQL under `home`."""
+    drops folder, the first month, the output folder and the model window. Each field is the
+    environment variable of the same name when it is set, else its default; an empty
+    database_url means the embedded PostgreSQL under `home`."""
 
     database_url: str = ""
     home: str = DEFAULTS[HOME_VAR]
@@ -33,6 +34,7 @@ class StreamflowSettings(dg.ConfigurableResource):
     first_month: str = DEFAULTS[FIRST_MONTH_VAR]
     output_dir: str = DEFAULTS[OUTPUT_DIR_VAR]
     feature_repo: str = ""
+    model_window: str = DEFAULTS[MODEL_WINDOW_VAR]
 
     _settings: Settings | None = PrivateAttr(default=None)
 
@@ -46,6 +48,7 @@ class StreamflowSettings(dg.ConfigurableResource):
                     FIRST_MONTH_VAR: self.first_month,
                     OUTPUT_DIR_VAR: self.output_dir,
                     FEATURE_REPO_VAR: self.feature_repo,
+                    MODEL_WINDOW_VAR: self.model_window,
                 }
             )
         return self._settings
@@ -61,6 +64,7 @@ _FIELDS = {
     "first_month": FIRST_MONTH_VAR,
     "output_dir": OUTPUT_DIR_VAR,
     "feature_repo": FEATURE_REPO_VAR,
+    "model_window": MODEL_WINDOW_VAR,
 }
 
 

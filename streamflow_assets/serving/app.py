@@ -8,14 +8,17 @@ value.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import pathlib
+import threading
+import time
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import Body, FastAPI, HTTPException, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from feast import FeatureService, FeatureStore
 from feast.errors import FeatureServiceNotFoundException
@@ -24,8 +27,9 @@ from pydantic import BaseModel, Field, StringConstraints
 from streamflow_assets.adapters.feast import type_checks_off
 from streamflow_assets.db import get_engine
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
-from streamflow_assets.model import LoadedModel, newest_model_dir
+from streamflow_assets.model import LoadedModel
 from streamflow_assets.model import load as load_model
+from streamflow_assets.model_registry import CHAMPION, MODEL_NAME, Registry, RegistryError
 from streamflow_assets.months import partition_key
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import USER_ID_PATTERN
@@ -80,8 +84,8 @@ class Prediction(BaseModel):
     user_id: str = Field(examples=[EXAMPLE_USER])
     churn_probability: float = Field(ge=0, le=1, examples=[0.27])
     model_version: str = Field(
-        description="The newest model under STREAMFLOW_OUTPUT_DIR/models.",
-        examples=["churn-2024-03"],
+        description=f"The `{CHAMPION}` version of the registered MLflow model `{MODEL_NAME}`.",
+        examples=[f"{MODEL_NAME} v3 (2024-03)"],
     )
     as_of: date = Field(description="The newest month-end the features come from.")
     features: dict[str, FeatureValue] = Field(description="The features the model was given.")
@@ -95,6 +99,11 @@ class Health(BaseModel):
         examples=["2024-03"],
     )
     feature_service: str = Field(examples=[FEATURE_SERVICE])
+    champion: str | None = Field(
+        description=f"The model /predict uses: the `{CHAMPION}` version of `{MODEL_NAME}`, "
+        "null before any candidate was promoted.",
+        examples=[f"{MODEL_NAME} v3 (2024-03)"],
+    )
 
 
 class Problem(BaseModel):
@@ -152,23 +161,53 @@ class NotReady(RuntimeError):
 
 
 class Models:
-    """The newest saved churn model, reloaded when a newer month's model appears."""
+    """The current champion (the registry's alias), looked up again every CHECK_SECONDS so a new
+    champion is served without a restart. When the registry does not answer or the new version
+    cannot be loaded, the champion already loaded keeps serving (the error is logged)."""
 
-    def __init__(self, output_dir: pathlib.Path):
-        self._output_dir = output_dir
-        self._folder: pathlib.Path | None = None
+    CHECK_SECONDS = 5.0
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._registry: Registry | None = None
         self._model: LoadedModel | None = None
+        self._version: int | None = None
+        self._checked = float("-inf")
+        self._why: str | None = None
+        self._lock = threading.Lock()
 
-    def newest(self) -> LoadedModel:
-        output_dir = self._output_dir
-        folder = newest_model_dir(output_dir)
-        if folder is None:
-            raise NotReady(
-                f"no churn model in {output_dir / 'models'}: materialize churn_model first"
-            )
-        if folder != self._folder:
-            self._model, self._folder = load_model(folder), folder
-        return self._model
+    def champion(self) -> LoadedModel:
+        with self._lock:
+            if time.monotonic() - self._checked >= self.CHECK_SECONDS:
+                self._refresh()
+            if self._model is None:
+                raise NotReady(self._why or f"no {CHAMPION} of {MODEL_NAME} yet")
+            return self._model
+
+    def _refresh(self) -> None:
+        self._checked = time.monotonic()
+        self._why = None
+        try:
+            if self._registry is None:
+                self._registry = Registry(self._settings)
+            decision = self._registry.current_champion()
+            if decision is None:
+                self._model = self._version = None
+                self._why = (
+                    f"no {CHAMPION} of {MODEL_NAME} yet: materialize churn_model (a candidate is "
+                    "promoted when it beats the baselines)"
+                )
+            elif decision.version != self._version:
+                self._model = load_model(self._registry, decision)
+                self._version = decision.version
+                log.info("serving %s", self._model.version)
+        except RegistryError as exc:
+            log.error("%s; still serving %s", exc, self._model.version if self._model else "none")
+            self._why = str(exc)
+
+    @property
+    def version(self) -> str | None:
+        return self._model.version if self._model else None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -178,7 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.online = None
-        app.state.models = Models(settings.output_dir)
+        app.state.models = Models(settings)
         # The API builds Feast's arguments itself: Feast need not check their types per call.
         with type_checks_off():
             yield
@@ -234,7 +273,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(503, f"not ready: {exc}".splitlines()[0]) from None
         starts = [start for v in views for start, _ in v.materialization_intervals]
         month = partition_key(max(starts).astimezone(UTC).date()) if starts else None
-        return Health(status="ok", online_month=month, feature_service=FEATURE_SERVICE)
+        models = request.app.state.models
+        with contextlib.suppress(NotReady):  # features are served; /predict says why it cannot
+            models.champion()
+        return Health(
+            status="ok",
+            online_month=month,
+            feature_service=FEATURE_SERVICE,
+            champion=models.version,
+        )
 
     @app.get(
         "/features/{user_id}",
@@ -280,10 +327,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             404: {"model": Problem, "description": "the user is not in the online store"},
             503: {"model": Problem, "description": "no model yet, or the store does not answer"},
         },
-        summary="A user's churn probability from the online features and the newest model",
+        summary="A user's churn probability from the online features and the champion model",
     )
     async def predict(request: Request, body: Annotated[PredictRequest, Body()]):
-        model = request.app.state.models.newest()
+        model = await run_in_threadpool(request.app.state.models.champion)
         found, _ = await online(request).read([body.user_id])
         if not found:
             raise HTTPException(404, f"user {body.user_id} is not in the online store")
