@@ -322,3 +322,43 @@ def test_a_stale_month_is_retrained_by_materializing_it_and_what_follows(new_war
     assert registry(warehouse).decisions()["2024-02"].training_months == ["2024-02"]
     warehouse.load("2024-02", selection=MODEL_GROUP)
     assert registry(warehouse).decisions()["2024-02"].training_months == ["2024-01"]
+
+
+def test_a_model_without_its_training_csv_fails_and_registers_nothing(new_warehouse):
+    warehouse = new_warehouse()
+    result = warehouse.materialize("2024-01", "churn_model")
+    assert not result.success
+    text = failure_text(result)
+    assert "training_df_2024-01-31.csv is missing" in text
+    assert "materialize training_dataset for 2024-01" in text
+    assert registry(warehouse).decisions() == {}
+
+
+def test_scores_without_a_model_for_the_month_fail_and_change_no_scores(new_warehouse):
+    warehouse = new_warehouse()
+    warehouse.load("2024-01")
+    before = warehouse.frame("SELECT * FROM churn_scores ORDER BY as_of, user_id")
+    warehouse.load("2024-02", selection=dg.AssetSelection.all() - MODEL_GROUP)
+    result = warehouse.materialize("2024-02", "churn_scores")
+    assert not result.success
+    assert "no churn_model for 2024-02: materialize churn_model first" in failure_text(result)
+    pd.testing.assert_frame_equal(
+        warehouse.frame("SELECT * FROM churn_scores ORDER BY as_of, user_id"), before
+    )
+
+
+def test_the_cli_prints_the_tracking_uri(modelled):
+    import subprocess
+    import sys
+
+    modelled.activate()
+    result = subprocess.run(
+        [sys.executable, "-m", "streamflow_assets.cli", "mlflow", "uri"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    uri = result.stdout.strip()
+    assert uri == registry(modelled).uri
+    assert uri.startswith("postgresql+psycopg://") and "search_path%3Dmlflow" in uri
