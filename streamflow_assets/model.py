@@ -13,6 +13,7 @@ scores of the same values are the same number.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from dataclasses import dataclass
@@ -272,6 +273,22 @@ def _table(frame: pd.DataFrame) -> str:
     return markdown_table(list(frame.columns), frame.itertuples(index=False))
 
 
+def fingerprint(output_dir: Path, months: list[str], champion: str) -> str:
+    """Everything a month's decision is made from: the training sets it reads (their bytes),
+    the champion it was compared with, and the model's settings."""
+    digest = hashlib.sha256()
+    for month in sorted(set(months)):
+        digest.update(month.encode())
+        with open(training_path(output_dir, month), "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    model = churn_pipeline(Features([], [])).named_steps["model"].get_params()
+    settings = {"champion": champion, "seed": SEED, "max_rows": MAX_TRAINING_ROWS,
+                "min_roc_auc": MIN_ROC_AUC, "model": {k: model[k] for k in HGB_PARAMS}}  # fmt: skip
+    digest.update(repr(sorted(settings.items())).encode())
+    return digest.hexdigest()[:20]
+
+
 def previous_month(partition: str) -> str:
     return partition_key(add_months(month_of(partition), -1))
 
@@ -334,6 +351,11 @@ def train_month(settings: Settings, partition: str) -> StepResult:
                 "numeric": trained.features.numeric,
             },
             feature_service=FEATURE_SERVICE,
+            fingerprint=fingerprint(
+                settings.output_dir,
+                [*trained.training_months, partition],
+                previous.label if previous else "none",
+            ),
             params={
                 "training_months": ",".join(trained.training_months),
                 "holdout": trained.holdout,

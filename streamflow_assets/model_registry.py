@@ -76,6 +76,9 @@ class Decision:
     features: dict[str, list[str]]
     training_months: list[str]
     reason: str
+    fingerprint: str = ""
+    """A hash of everything the decision was made from: the same inputs register no new
+    version."""
 
     @property
     def label(self) -> str:
@@ -102,18 +105,9 @@ class Registry:
             raise self._unavailable(exc) from None
         newest: dict[str, Decision] = {}
         for v in versions:
-            tags = v.tags or {}
-            if "partition" not in tags:
+            decision = _decision(v)
+            if decision is None:
                 continue
-            decision = Decision(
-                version=int(v.version),
-                partition=tags["partition"],
-                promoted=tags.get("promoted") == "true",
-                run_id=v.run_id,
-                features=json.loads(tags.get("features", "{}")),
-                training_months=json.loads(tags.get("training_months", "[]")),
-                reason=tags.get("decision", ""),
-            )
             current = newest.get(decision.partition)
             if current is None or decision.version > current.version:
                 newest[decision.partition] = decision
@@ -133,15 +127,19 @@ class Registry:
             if _not_found(exc):
                 return None
             raise self._unavailable(exc) from None
-        return self.decisions().get((version.tags or {}).get("partition", ""))
+        return _decision(version)
 
     def load(self, decision: Decision):
         """The fitted pipeline of a version; a clear error naming it when it cannot be loaded."""
         mlflow = _mlflow()
         try:
-            return mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{decision.version}")
-        except Exception as exc:
             where = self.client.get_model_version_download_uri(MODEL_NAME, str(decision.version))
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+        try:
+            # From the artifact location the registry names: no process-wide MLflow settings.
+            return mlflow.sklearn.load_model(where)
+        except Exception as exc:
             raise RegistryError(
                 f"{decision.label} cannot be loaded from {where}: "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -152,7 +150,13 @@ class Registry:
     def register(self, candidate: Candidate) -> Decision:
         """Log the candidate as an MLflow run, register it as a version of `churn_model` with the
         month's decision in its tags, and point the alias at the champion as of the newest
-        month."""
+        month. A candidate made from the same inputs as the month's newest version is that
+        version: re-running a month changes nothing."""
+        same = self.decisions().get(candidate.partition)
+        if same is not None and same.fingerprint == candidate.fingerprint:
+            with advisory_lock(get_engine(self.settings), "mlflow-champion"):
+                self.point_alias()
+            return same
         mlflow = _mlflow()
         from mlflow.models import infer_signature
 
@@ -165,6 +169,7 @@ class Registry:
             "training_months": json.dumps(candidate.training_months),
             "features": json.dumps(candidate.features),
             "feature_service": candidate.feature_service,
+            "fingerprint": candidate.fingerprint,
         }
         experiment = self._experiment_id()
         with mlflow.start_run(experiment_id=experiment, run_name=f"churn {candidate.partition}"):
@@ -230,11 +235,30 @@ class Candidate:
     training_months: list[str]
     features: dict[str, list[str]]
     feature_service: str
+    fingerprint: str
     params: dict[str, object]
     metrics: dict[str, float]
     texts: dict[str, str]
     example_input: object
     example_output: object
+
+
+def _decision(version) -> Decision | None:
+    """A registered version as a month's decision (None for a version this project did not
+    register)."""
+    tags = version.tags or {}
+    if "partition" not in tags:
+        return None
+    return Decision(
+        version=int(version.version),
+        partition=tags["partition"],
+        promoted=tags.get("promoted") == "true",
+        run_id=version.run_id,
+        features=json.loads(tags.get("features", "{}")),
+        training_months=json.loads(tags.get("training_months", "[]")),
+        reason=tags.get("decision", ""),
+        fingerprint=tags.get("fingerprint", ""),
+    )
 
 
 def _not_found(exc: Exception) -> bool:

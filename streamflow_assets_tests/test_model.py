@@ -135,9 +135,14 @@ def test_scores_come_from_the_champion_as_of_each_month_and_rerun_idempotently(m
     pd.testing.assert_frame_equal(modelled.frame(query), before)
 
 
-def test_offline_scores_equal_predict_which_follows_a_new_champion(modelled):
-    """churn_scores (offline) and /predict (online, over HTTP) agree; re-registering the
-    champion's month promotes a new version, which /predict serves without a restart."""
+def other_version(reg: Registry, champion) -> object:
+    """A registered month other than the champion's."""
+    return next(d for p, d in sorted(reg.decisions().items()) if d.version != champion.version)
+
+
+def test_offline_scores_equal_predict_which_follows_the_alias(modelled):
+    """churn_scores (offline) and /predict (online, over HTTP) agree; moving the alias (a new
+    champion, or a roll-back) is served without a restart."""
     reg = registry(modelled)
     champion = reg.current_champion()
     scores = modelled.frame(
@@ -156,21 +161,21 @@ def test_offline_scores_equal_predict_which_follows_a_new_champion(modelled):
             assert client.post("/predict", json={"user_id": "0000-ZZZZZ"}).status_code == 404
             assert client.post("/predict", json={"user_id": "nope"}).status_code == 422
 
-            result = modelled.materialize(champion.partition, "churn_model")
-            assert result.success, failure_text(result)
-            new = reg.current_champion()
-            assert new.version > champion.version and new.partition == champion.partition
+            other = other_version(reg, champion)
+            reg.client.set_registered_model_alias(MODEL_NAME, "champion", str(other.version))
             user = scores["user_id"].iloc[0]
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 body = client.post("/predict", json={"user_id": user}).json()
-                if body["model_version"] == new.label:
+                if body["model_version"] == other.label:
                     break
                 time.sleep(0.5)
-            assert body["model_version"] == new.label
-            assert client.get("/health").json()["champion"] == new.label
+            assert body["model_version"] == other.label
+            assert client.get("/health").json()["champion"] == other.label
     finally:
         stop_api(process)
+        reg.point_alias()
+    assert reg.current_champion() == champion
 
 
 def _model_files(reg: Registry, version: int) -> list[Path]:
@@ -180,31 +185,36 @@ def _model_files(reg: Registry, version: int) -> list[Path]:
 
 
 def test_a_corrupted_artifact_is_named_and_the_loaded_champion_keeps_serving(modelled):
-    from streamflow_assets.serving.app import Models
+    from streamflow_assets.serving.app import Models, NotReady
 
     reg = registry(modelled)
     settings = Settings.from_env()
+    champion = reg.current_champion()
     models = Models(settings)
     serving = models.champion()
-    result = modelled.materialize(reg.current_champion().partition, "churn_model")
-    assert result.success, failure_text(result)
-    broken = reg.current_champion()
-    files = _model_files(reg, broken.version)
+    other = other_version(reg, champion)
+    files = _model_files(reg, champion.version) + _model_files(reg, other.version)
     assert files, "the model's artifact files"
     saved = {f: f.read_bytes() for f in files}
     try:
         for f in files:
             f.write_bytes(b"not a model")
-        with pytest.raises(RegistryError, match=rf"{MODEL_NAME} v{broken.version} .* cannot be"):
-            load(reg, broken)
-        models._checked = float("-inf")  # the next request looks the champion up again
+        with pytest.raises(RegistryError, match=rf"{MODEL_NAME} v{champion.version} .* cannot be"):
+            load(reg, champion)
+        # A new champion that cannot be loaded: the one already loaded keeps serving.
+        reg.client.set_registered_model_alias(MODEL_NAME, "champion", str(other.version))
+        models._checked = float("-inf")  # look the alias up again now
         assert models.champion() is serving
-        scored = modelled.materialize(broken.partition, "churn_scores")
+        # A process with nothing loaded yet says which version it could not load.
+        with pytest.raises(NotReady, match=rf"{MODEL_NAME} v{other.version} .* cannot be"):
+            Models(settings).champion()
+        scored = modelled.materialize(champion.partition, "churn_scores")
         assert not scored.success
-        assert f"{broken.label} cannot be loaded from" in failure_text(scored)
+        assert f"{champion.label} cannot be loaded from" in failure_text(scored)
     finally:
         for f, data in saved.items():
             f.write_bytes(data)
+        reg.point_alias()
 
 
 def test_an_unreachable_tracking_store_is_named(modelled, monkeypatch):
