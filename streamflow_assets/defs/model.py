@@ -15,6 +15,7 @@ from streamflow_assets.defs.resources import StreamflowSettings
 from streamflow_assets.defs.training import training_dataset
 from streamflow_assets.model import BEATS_BASELINES, BEATS_CHAMPION, score_month, train_month
 from streamflow_assets.settings import Settings
+from streamflow_assets.warehouse import partition_lock
 
 MODEL_WINDOW = Settings.from_env().model_window
 
@@ -60,8 +61,9 @@ def churn_model(context: dg.AssetExecutionContext, streamflow: StreamflowSetting
     Promoted (alias `champion`) only when it beats the baselines and the champion as of the
     month before on this month's hold-out. A candidate that loses is recorded and the month
     completes: its checks say it lost."""
-    with as_failures():
-        result = train_month(streamflow.settings(), context.partition_key)
+    partition = context.partition_key
+    with as_failures(), partition_lock(streamflow.engine(), "churn_model", partition):
+        result = train_month(streamflow.settings(), partition)
     yield from (check_result(c, "churn_model") for c in result.checks)
     yield dg.MaterializeResult(metadata=metadata(result.metadata))
 
@@ -77,6 +79,7 @@ def churn_scores(context: dg.AssetExecutionContext, streamflow: StreamflowSettin
     """`churn_scores`: every user of the month scored by the champion as of the month (user_id,
     as_of, score, model_version), from the features of the month's training CSV. Re-running a
     month replaces exactly that month's rows."""
-    with as_failures():
-        written = score_month(streamflow.engine(), streamflow.settings(), context.partition_key)
+    engine, partition = streamflow.engine(), context.partition_key
+    with as_failures(), partition_lock(engine, "churn_scores", partition):
+        written = score_month(engine, streamflow.settings(), partition)
     return dg.MaterializeResult(metadata=metadata(written))
