@@ -422,9 +422,64 @@ def train_month(settings: Settings, partition: str) -> StepResult:
     )
 
 
-def score_month(engine: Engine, settings: Settings, partition: str) -> dict[str, object]:
+SCORES_CHECK = (
+    "Every user of the month's labels snapshot has exactly one score, every score lies in [0, 1], "
+    "and every score names the model version that made it (no scores before any promotion)."
+)
+
+
+def verify_scores(engine: Engine, partition: str, expected_version: str | None) -> CheckOutcome:
+    """The month's rows of churn_scores against the month's users and the champion's name."""
+    from streamflow_assets.table_specs import LABELS
+
+    with engine.connect() as conn:
+        rows, users, outside, unnamed, versions = conn.execute(
+            sa.text(
+                f"""SELECT count(*), count(DISTINCT user_id),
+                           count(*) FILTER (WHERE NOT score BETWEEN 0 AND 1 OR score IS NULL),
+                           count(*) FILTER (WHERE coalesce(model_version, '') = ''),
+                           array_agg(DISTINCT model_version)
+                    FROM {ident(SCORES_TABLE)} WHERE as_of = :a"""
+            ),
+            {"a": as_of(partition)},
+        ).one()
+        month_users = conn.execute(
+            sa.text(f"SELECT count(*) FROM {ident(LABELS.snapshot.name)} WHERE as_of = :a"),
+            {"a": as_of(partition)},
+        ).scalar()
+    versions = sorted(v for v in versions or [] if v)
+    expected_rows = month_users if expected_version else 0
+    problems = []
+    if rows != expected_rows or users != rows:
+        problems.append(f"{rows:,} scores for {users:,} users; the month has {month_users:,} users")
+    if outside:
+        problems.append(f"{outside:,} scores outside [0, 1]")
+    if unnamed:
+        problems.append(f"{unnamed:,} scores name no model version")
+    if expected_version and versions != [expected_version]:
+        problems.append(f"scored by {', '.join(versions) or 'nothing'}, not {expected_version}")
+    return CheckOutcome(
+        name="one_score_per_user",
+        passed=not problems,
+        description="; ".join(problems)
+        or (
+            f"{rows:,} scores in [0, 1] by {expected_version}"
+            if expected_version
+            else "no champion as of the month: no scores"
+        ),
+        metadata={
+            "scores": rows,
+            "users scored": users,
+            "users in the month": month_users,
+            "scores outside [0, 1]": outside,
+            "model versions": ", ".join(versions) or "none",
+        },
+    )
+
+
+def score_month(engine: Engine, settings: Settings, partition: str) -> StepResult:
     """Score every user of the month with the champion as of the month into table churn_scores,
-    replacing exactly that month's rows; the metadata of the write. With no champion as of the
+    replacing exactly that month's rows, and check what was written. With no champion as of the
     month (no candidate promoted yet), the month has no scores."""
     registry = Registry(settings)
     decisions = registry.decisions()
@@ -443,11 +498,14 @@ def score_month(engine: Engine, settings: Settings, partition: str) -> dict[str,
     if champion is None:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DELETE FROM {table} WHERE as_of = :a"), {"a": as_of(partition)})
-        return {
-            "as_of": str(as_of(partition)),
-            "rows": 0,
-            "model version": f"none: no candidate up to {partition} has been promoted",
-        }
+        return StepResult(
+            [verify_scores(engine, partition, None)],
+            {
+                "as_of": str(as_of(partition)),
+                "rows": 0,
+                "model version": f"none: no candidate up to {partition} has been promoted",
+            },
+        )
     model = load(registry, champion)
     frame = read_training_csv(training_path(settings.output_dir, partition))
     scores = pd.DataFrame(
@@ -468,10 +526,13 @@ def score_month(engine: Engine, settings: Settings, partition: str) -> dict[str,
     with engine.begin() as conn:
         conn.execute(sa.text(f"DELETE FROM {table} WHERE as_of = :a"), {"a": as_of(partition)})
         copy_in(conn, table, list(scores.columns), buffer.getvalue())
-    return {
-        "as_of": str(as_of(partition)),
-        "rows": len(scores),
-        "model version": model.version,
-        "mean score": round(float(scores["score"].mean()), 4),
-        "preview": _table(scores.head(5)),
-    }
+    return StepResult(
+        [verify_scores(engine, partition, model.version)],
+        {
+            "as_of": str(as_of(partition)),
+            "rows": len(scores),
+            "model version": model.version,
+            "mean score": round(float(scores["score"].mean()), 4),
+            "preview": _table(scores.head(5)),
+        },
+    )

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from streamflow_assets.months import as_of, event_timestamp
-from streamflow_assets.report import MissingInputError
+from streamflow_assets.report import CheckOutcome, MissingInputError
 from streamflow_assets.sql import first_rows, ident, literal, replace_table, table_exists
 from streamflow_assets.table_specs import TableSpec
 from streamflow_assets.warehouse import (
@@ -95,3 +95,55 @@ def build_snapshots(engine: Engine, specs: Sequence[TableSpec], partition: str) 
         drop_stale_staging(engine, spec.snapshot.name, partition)
     with ThreadPoolExecutor(BUILD_THREADS) as pool:
         return list(pool.map(lambda spec: build_snapshot(engine, spec, partition), specs))
+
+
+MATCHES_VALIDATED_DROP = (
+    "The month's snapshot holds exactly the month's validated drop: the same number of rows and "
+    "the same content (a hash over user_id and the snapshot columns), one row per user, as_of and "
+    "event_timestamp exactly the month's."
+)
+
+
+def verify_snapshot(engine: Engine, spec: TableSpec, partition: str) -> CheckOutcome:
+    """Compare snapshot month `partition` with the month's validated drop, inside PostgreSQL."""
+    snapshot = spec.snapshot
+    part = ident(SNAPSHOT_MONTHS_SCHEMA, month_name(snapshot.name, partition))
+    drop = ident(DROPS_SCHEMA, month_table(spec, partition))
+    row = "ROW(user_id, " + ", ".join(ident(c.name) for c in spec.snapshot_columns()) + ")::text"
+    digest = f"sum(hashtextextended({row}, 0)::numeric)"
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text(
+                f"""SELECT (SELECT count(*) FROM {part}),
+                       (SELECT count(DISTINCT user_id) FROM {part}),
+                       (SELECT count(*) FROM {part}
+                        WHERE as_of <> :as_of OR event_timestamp <> :ts),
+                       (SELECT {digest} FROM {part}),
+                       (SELECT count(*) FROM {drop}), (SELECT {digest} FROM {drop})"""
+            ),
+            {"as_of": as_of(partition), "ts": event_timestamp(partition)},
+        ).one()
+    rows, users, wrong_dates, content, drop_rows, drop_content = found
+    problems = []
+    if rows != drop_rows:
+        problems.append(f"{rows:,} rows, the drop has {drop_rows:,}")
+    if users != rows:
+        problems.append(f"{rows - users:,} users more than once")
+    if wrong_dates:
+        problems.append(f"{wrong_dates:,} rows with another as_of or event_timestamp")
+    if content != drop_content and rows == drop_rows:
+        problems.append("the same number of rows with different values")
+    return CheckOutcome(
+        name="matches_validated_drop",
+        asset=snapshot.name,
+        passed=not problems,
+        description="; ".join(problems)
+        or f"{rows:,} rows, as in {DROPS_SCHEMA}.{month_table(spec, partition)}",
+        metadata={
+            "snapshot rows": rows,
+            "drop rows": drop_rows,
+            "distinct users": users,
+            "rows with another as_of/event_timestamp": wrong_dates,
+            "content hash matches": content == drop_content,
+        },
+    )

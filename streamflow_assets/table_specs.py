@@ -28,6 +28,8 @@ class Column:
     """The column may be missing from the CSV; it is then NULL for every row."""
     null_exactly_when: tuple[str, str] | None = None
     """(other column, value): this column is NULL exactly when the other column equals value."""
+    not_after_as_of: bool = False
+    """A date that cannot lie after the month's as_of (nobody signs up after the snapshot)."""
     description: str = ""
 
 
@@ -49,6 +51,8 @@ class TableSpec:
     columns: tuple[Column, ...]
     snapshot: SnapshotSpec | None = None
     primary_key: tuple[str, ...] = ("user_id",)
+    label_column: str | None = None
+    """The boolean label a churn model learns, if the table holds one."""
 
     @property
     def file_name(self) -> str:
@@ -103,7 +107,12 @@ USERS = TableSpec(
     description="Who each subscriber is: signup date and household.",
     columns=(
         _user_id(),
-        Column("signup_date", "DATE", description="Day the subscription started."),
+        Column(
+            "signup_date",
+            "DATE",
+            not_after_as_of=True,
+            description="Day the subscription started; never after the month's as_of.",
+        ),
         Column("user_gender", "TEXT", allowed=("Male", "Female")),
         _flag("user_is_senior"),
         _flag("has_family"),
@@ -197,6 +206,7 @@ LABELS = TableSpec(
     description="The churn flag reported in the month's drop.",
     columns=(_user_id(), _flag("churn_label")),
     snapshot=SnapshotSpec("labels_snapshots", columns=("churn_label",)),
+    label_column="churn_label",
 )
 
 

@@ -341,3 +341,9 @@ def read_month(drops: Path, month: int, table: str) -> pd.DataFrame:
     return pd.read_csv(
         drops / f"month_{month:03d}" / f"{table}.csv", dtype=str, keep_default_na=False
     )
+
+
+def edit_csv(path: Path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    """Rewrite a drop file through a change to its rows (every value read as text)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    change(frame).to_csv(path, index=False)

@@ -10,14 +10,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from streamflow_assets_tests.conftest import Warehouse, failure_text
+from streamflow_assets_tests.conftest import Warehouse, edit_csv, failure_text
 
 FEBRUARY = "month_001"
-
-
-def edit_csv(path: Path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    change(frame).to_csv(path, index=False)
 
 
 def edit(table: str, change: Callable[[pd.DataFrame], pd.DataFrame]):
@@ -99,6 +94,10 @@ BAD_DROPS = {
     "out of range": (
         set_value("subscriptions", "months_active", "99"),
         ["subscriptions.csv", "months_active: 0 ≤ value ≤ 72"],
+    ),
+    "signup after the month's as_of": (
+        set_value("users", "signup_date", "2024-03-01"),
+        ["users.csv", "[allowed_values]", "signup_date: not after the month's as_of (2024-02-29)"],
     ),
     "negative count": (
         set_value("usage_agg_30d", "skips_7d", "-1"),

@@ -78,6 +78,7 @@ def _check_result(key: dg.AssetCheckKey, report) -> dg.AssetCheckResult:
     }
     if (table := report.failure_table()) is not None:
         values["failures"] = dg.MetadataValue.md(table)
+    values.update(metadata(report.numbers))
     return dg.AssetCheckResult(
         asset_key=key.asset_key,
         check_name=key.name,

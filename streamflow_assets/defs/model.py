@@ -13,7 +13,13 @@ from streamflow_assets.defs.common import as_failures, check_result, check_spec,
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
 from streamflow_assets.defs.training import training_dataset
-from streamflow_assets.model import BEATS_BASELINES, BEATS_CHAMPION, score_month, train_month
+from streamflow_assets.model import (
+    BEATS_BASELINES,
+    BEATS_CHAMPION,
+    SCORES_CHECK,
+    score_month,
+    train_month,
+)
 from streamflow_assets.settings import Settings
 from streamflow_assets.warehouse import partition_lock
 
@@ -74,6 +80,7 @@ def churn_model(context: dg.AssetExecutionContext, streamflow: StreamflowSetting
     deps=[churn_model],
     kinds={"scikitlearn", "postgres"},
     automation_condition=FOLLOW_INPUTS,
+    check_specs=[check_spec("one_score_per_user", "churn_scores", SCORES_CHECK, blocking=True)],
 )
 def churn_scores(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
     """`churn_scores`: every user of the month scored by the champion as of the month (user_id,
@@ -81,5 +88,6 @@ def churn_scores(context: dg.AssetExecutionContext, streamflow: StreamflowSettin
     month replaces exactly that month's rows."""
     engine, partition = streamflow.engine(), context.partition_key
     with as_failures(), partition_lock(engine, "churn_scores", partition):
-        written = score_month(engine, streamflow.settings(), partition)
-    return dg.MaterializeResult(metadata=metadata(written))
+        result = score_month(engine, streamflow.settings(), partition)
+    yield dg.MaterializeResult(metadata=metadata(result.metadata))
+    yield from (check_result(c, "churn_scores") for c in result.checks)

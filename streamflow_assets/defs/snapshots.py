@@ -2,10 +2,16 @@
 
 import dagster as dg
 
-from streamflow_assets.defs.common import as_failures, column_schema, metadata
+from streamflow_assets.defs.common import (
+    as_failures,
+    check_result,
+    check_spec,
+    column_schema,
+    metadata,
+)
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
-from streamflow_assets.snapshots import build_snapshots
+from streamflow_assets.snapshots import MATCHES_VALIDATED_DROP, build_snapshots, verify_snapshot
 from streamflow_assets.table_specs import SNAPSHOT_TABLES, TableSpec
 from streamflow_assets.warehouse import partition_lock
 
@@ -34,6 +40,12 @@ def _asset_spec(spec: TableSpec) -> dg.AssetSpec:
 @dg.multi_asset(
     name="snapshot_monthly_drop",
     specs=[_asset_spec(spec) for spec in SNAPSHOT_TABLES],
+    check_specs=[
+        check_spec(
+            "matches_validated_drop", spec.snapshot.name, MATCHES_VALIDATED_DROP, blocking=True
+        )
+        for spec in SNAPSHOT_TABLES
+    ],
     partitions_def=monthly_partitions,
     can_subset=True,
 )
@@ -45,5 +57,10 @@ def snapshot_monthly_drop(context: dg.AssetExecutionContext, streamflow: Streamf
     ]
     with as_failures(), partition_lock(engine, "snapshots", partition):
         built = build_snapshots(engine, selected, partition)
+        checks = [verify_snapshot(engine, spec, partition) for spec in selected]
     for spec, values in zip(selected, built, strict=True):
         yield dg.MaterializeResult(asset_key=spec.snapshot.name, metadata=metadata(values))
+    for outcome in checks:
+        key = dg.AssetCheckKey(dg.AssetKey(outcome.asset), outcome.name)
+        if key in context.selected_asset_check_keys:
+            yield check_result(outcome)

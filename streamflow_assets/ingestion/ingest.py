@@ -39,6 +39,7 @@ from streamflow_assets.ingestion.validation import (
     Validator,
     coverage_expectations,
     header_expectations,
+    label_rate_report,
     parse_expectations,
     row_count_expectations,
     staged_count_expectations,
@@ -156,13 +157,31 @@ def check_values(
     spec = staged.spec
     suites = {
         USER_IDS: user_id_expectations(spec, users if spec.name != USERS.name else None),
-        ALLOWED_VALUES: value_expectations(spec),
+        ALLOWED_VALUES: value_expectations(spec, as_of(partition)),
         ROW_COUNT_STABLE: row_count_expectations(_previous_rows(engine, spec, partition)),
     }
     if spec.name != USERS.name and users is not None:
         suites[ALL_USERS_PRESENT] = coverage_expectations(users)
     with staged.timed("validate typed"):
         staged.reports += Validator(engine.url).table(STAGING_SCHEMA, staged.typed, suites)
+    if spec.label_column is not None:
+        staged.reports.append(_label_rate(engine, spec, staged.typed, partition))
+
+
+def _label_rate(engine: Engine, spec: TableSpec, typed: str, partition: str) -> CheckReport:
+    """The month's churn rate beside the previous month's validated drop's."""
+    label = ident(spec.label_column)
+    previous = month_table(spec, partition_key(add_months(month_of(partition), -1)))
+    with engine.connect() as conn:
+        rate = conn.execute(
+            sa.text(f"SELECT avg({label}::int)::float8 FROM {ident(STAGING_SCHEMA, typed)}")
+        ).scalar()
+        before = None
+        if table_exists(conn, DROPS_SCHEMA, previous):
+            before = conn.execute(
+                sa.text(f"SELECT avg({label}::int)::float8 FROM {ident(DROPS_SCHEMA, previous)}")
+            ).scalar()
+    return label_rate_report(rate, before)
 
 
 def _users_reference(

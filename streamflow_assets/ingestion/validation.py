@@ -12,6 +12,7 @@ the partition (its later checks would only repeat the failure in other words).
 | allowed_values     | yes      | NOT NULL columns, allowed values, ranges, plan_stream_* rule |
 | all_users_present  | no       | users of the month's users file missing from this file       |
 | row_count_stable   | no       | row count within 20% of the previous month's                 |
+| label_rate_stable  | no       | labels: churn rate not 0% or 100%, within 15 points of before |
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 
 import pandas as pd
 import sqlalchemy as sa
@@ -30,6 +32,8 @@ from streamflow_assets.table_specs import USERS, TableSpec
 
 SAMPLE_SIZE = 5
 ROW_COUNT_TOLERANCE = 0.2
+LABEL_RATE_JUMP = 0.15
+"""A month's churn rate further than this from the previous month's is worth a warning."""
 
 PARSE_PATTERNS = {
     "INTEGER": r"^-?[0-9]{1,9}$",
@@ -84,11 +88,21 @@ ROW_COUNT_STABLE = Check(
 )
 
 
+LABEL_RATE_STABLE = Check(
+    "label_rate_stable",
+    False,
+    "The month's churn rate is neither 0% nor 100%, and within "
+    f"{LABEL_RATE_JUMP:.0%} points of the previous month's.",
+)
+
+
 def checks_for(spec: TableSpec) -> list[Check]:
     checks = [FILE_FORMAT, VALUES_PARSE, USER_IDS, ALLOWED_VALUES]
     if spec.name != USERS.name:
         checks.append(ALL_USERS_PRESENT)
     checks.append(ROW_COUNT_STABLE)
+    if spec.label_column is not None:
+        checks.append(LABEL_RATE_STABLE)
     return checks
 
 
@@ -119,6 +133,8 @@ class Outcome:
 class CheckReport:
     check: Check
     outcomes: list[Outcome]
+    numbers: dict[str, object] = field(default_factory=dict)
+    """What the check measured, shown with its result whether it passed or not."""
 
     @property
     def passed(self) -> bool:
@@ -364,7 +380,7 @@ def user_id_expectations(spec: TableSpec, users_month_table: tuple[str, str] | N
     return expectations
 
 
-def value_expectations(spec: TableSpec) -> list:
+def value_expectations(spec: TableSpec, as_of: date | None = None) -> list:
     expectations = []
     for col in spec.columns:
         if col.name == "user_id":
@@ -390,6 +406,15 @@ def value_expectations(spec: TableSpec) -> list:
                     min_value=col.min_value,
                     max_value=col.max_value,
                     description=f"{low}value{high}",
+                )
+            )
+        if col.not_after_as_of and as_of is not None:
+            expectations.append(
+                UnexpectedRowCount(
+                    unexpected_rows_query=f"""
+                        SELECT user_id, {ident(col.name)} FROM {{batch}}
+                        WHERE {ident(col.name)} > {literal(as_of)}""",
+                    description=f"{col.name}: not after the month's as_of ({as_of})",
                 )
             )
         if col.null_exactly_when:
@@ -432,3 +457,39 @@ def row_count_expectations(previous_rows: int | None) -> list:
             f"{previous_rows:,}",
         )
     ]
+
+
+def label_rate_report(rate: float | None, previous: float | None) -> CheckReport:
+    """The churn rate of a labels month against the previous month's."""
+    if rate is None:
+        return CheckReport(LABEL_RATE_STABLE, [Outcome("the month has no labels", None, False)])
+    outcomes = [
+        Outcome(
+            "churn rate is neither 0% nor 100%",
+            "churn_label",
+            0 < rate < 1,
+            observed=f"rate {rate:.1%}",
+        )
+    ]
+    if previous is not None:
+        outcomes.append(
+            Outcome(
+                f"churn rate within {LABEL_RATE_JUMP:.0%} points of the previous month's",
+                "churn_label",
+                abs(rate - previous) <= LABEL_RATE_JUMP,
+                observed=f"rate {rate:.1%}, previous month {previous:.1%}",
+            )
+        )
+    return CheckReport(
+        LABEL_RATE_STABLE,
+        outcomes,
+        {
+            "churn rate": round(rate, 4),
+            "previous month's rate": round(previous, 4)
+            if previous is not None
+            else "no previous month",
+            "change (points)": round(100 * (rate - previous), 1)
+            if previous is not None
+            else "no previous month",
+        },
+    )

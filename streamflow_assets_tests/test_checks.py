@@ -1,0 +1,107 @@
+"""Checks on what the graph produces: each fails on a tampered case and passes on a clean one."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from streamflow_assets.model import verify_scores
+from streamflow_assets.snapshots import verify_snapshot
+from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES, USAGE_AGG_30D
+from streamflow_assets_tests.conftest import edit_csv, failure_text
+
+SNAPSHOTS = dg.AssetSelection.groups("snapshots")
+
+
+def evaluations(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], object]:
+    return {
+        (e.asset_key.to_user_string(), e.check_name): e
+        for e in result.get_asset_check_evaluations()
+    }
+
+
+def test_every_snapshot_matches_its_validated_drop(new_warehouse, january):
+    warehouse = new_warehouse(template=january)
+    result = warehouse.materialize("2024-01", SNAPSHOTS)
+    assert result.success, failure_text(result)
+    checks = evaluations(result)
+    assert {asset for asset, name in checks if name == "matches_validated_drop"} == {
+        spec.snapshot.name for spec in SNAPSHOT_TABLES
+    }
+    assert all(e.passed for e in checks.values())
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        ("DELETE FROM {t} WHERE user_id = (SELECT min(user_id) FROM {t})", "rows, the drop has"),
+        (
+            "UPDATE {t} SET watch_hours_30d = watch_hours_30d + 1 "
+            "WHERE user_id = (SELECT min(user_id) FROM {t})",
+            "the same number of rows with different values",
+        ),
+        (
+            "UPDATE {t} SET event_timestamp = event_timestamp + interval '1 hour' "
+            "WHERE user_id = (SELECT min(user_id) FROM {t})",
+            "1 rows with another as_of or event_timestamp",
+        ),
+    ],
+    ids=["a row deleted", "a value altered", "an event time moved"],
+)
+def test_a_tampered_snapshot_fails_its_check(new_warehouse, january, tamper, expected):
+    warehouse = new_warehouse(template=january)
+    assert verify_snapshot(warehouse.engine, USAGE_AGG_30D, "2024-01").passed
+    table = '"snapshot_months"."usage_agg_30d_snapshots_2024_01"'
+    with warehouse.engine.begin() as conn:
+        conn.execute(sa.text(tamper.format(t=table)))
+    outcome = verify_snapshot(warehouse.engine, USAGE_AGG_30D, "2024-01")
+    assert not outcome.passed
+    assert expected in outcome.description
+
+
+def test_a_month_where_everyone_churned_is_loaded_with_a_warning(new_warehouse, january):
+    warehouse = new_warehouse(template=january)
+    edit_csv(warehouse.drops / "month_001" / "labels.csv", lambda f: f.assign(churn_label="True"))
+    result = warehouse.materialize("2024-02", dg.AssetSelection.groups("ingestion"))
+    assert result.success, failure_text(result)
+    check = evaluations(result)[("labels", "label_rate_stable")]
+    assert not check.passed
+    metadata = check.metadata
+    assert metadata["churn rate"].value == 1.0
+    assert 0 < metadata["previous month's rate"].value < 1
+
+
+def test_a_stable_label_rate_passes_and_says_so(new_warehouse, january):
+    warehouse = new_warehouse(template=january)
+    result = warehouse.materialize("2024-02", dg.AssetSelection.groups("ingestion"))
+    assert result.success, failure_text(result)
+    check = evaluations(result)[("labels", "label_rate_stable")]
+    assert check.passed
+    assert "churn rate" in check.metadata and "previous month's rate" in check.metadata
+
+
+def test_scores_are_checked_and_a_tampered_month_fails(new_warehouse):
+    warehouse = new_warehouse()
+    result = warehouse.materialize("2024-01")
+    assert result.success, failure_text(result)
+    check = evaluations(result)[("churn_scores", "one_score_per_user")]
+    assert check.passed, check.description
+    version = warehouse.frame("SELECT DISTINCT model_version FROM churn_scores")
+    label = version["model_version"].item()
+    assert verify_scores(warehouse.engine, "2024-01", label).passed
+    with warehouse.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE churn_scores SET score = 1.5 WHERE user_id = "
+                             "(SELECT min(user_id) FROM churn_scores)"))  # fmt: skip
+    outside = verify_scores(warehouse.engine, "2024-01", label)
+    assert not outside.passed and "1 scores outside [0, 1]" in outside.description
+    with warehouse.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM churn_scores WHERE score > 1"))
+    missing = verify_scores(warehouse.engine, "2024-01", label)
+    users = warehouse.frame(
+        f"SELECT count(*) AS n FROM {LABELS.snapshot.name} WHERE as_of = '2024-01-31'"
+    )["n"].item()
+    assert not missing.passed
+    assert f"{users - 1:,} scores for {users - 1:,} users; the month has {users:,}" in (
+        missing.description
+    )
