@@ -59,7 +59,7 @@ def test_a_month_fills_every_live_table_and_snapshot(new_warehouse):
         names = {c.check_name for c in checks if c.asset_key.path == [spec.name]}
         assert names == blocking | warnings - (
             {"all_users_present"} if spec.name == "users" else set()
-        )
+        ) | ({"label_rate_stable"} if spec.name == "labels" else set())
     assert all(c.passed for c in checks), [c.asset_check_key for c in checks if not c.passed]
     assert {c.partition for c in checks} == {"2024-01"}
 
