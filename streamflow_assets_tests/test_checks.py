@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from streamflow_assets.feature_store.registry import verify_registry
+from streamflow_assets.feature_store.repo import feature_repo, feature_store
 from streamflow_assets.model import verify_scores
+from streamflow_assets.settings import Settings
 from streamflow_assets.snapshots import verify_snapshot
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES, USAGE_AGG_30D
 from streamflow_assets_tests.conftest import edit_csv, failure_text
@@ -104,4 +109,37 @@ def test_scores_are_checked_and_a_tampered_month_fails(new_warehouse):
     assert not missing.passed
     assert f"{users - 1:,} scores for {users - 1:,} users; the month has {users:,}" in (
         missing.description
+    )
+
+
+def test_the_registry_matches_the_repository_until_a_view_is_edited_without_apply(
+    new_warehouse, january, tmp_path, monkeypatch
+):
+    warehouse = new_warehouse(template=january)
+    result = warehouse.materialize("2024-01", "feast_registry")
+    assert result.success, failure_text(result)
+    check = evaluations(result)[("feast_registry", "registry_matches_repo")]
+    assert check.passed, check.description
+
+    edited = tmp_path / "feature_repo"
+    shutil.copytree(feature_repo(Settings.from_env()), edited)
+    views = edited / "feature_views.py"
+    views.write_text(views.read_text().replace("timedelta(days=31)", "timedelta(days=30)"))
+    monkeypatch.setenv("STREAMFLOW_FEATURE_REPO", str(edited))
+    settings = Settings.from_env()
+    outcome = verify_registry(warehouse.engine, feature_store(settings), feature_repo(settings))
+    assert not outcome.passed
+    assert "feature view usage_agg_30d_fv: update" in outcome.description
+
+
+def test_a_source_column_that_is_gone_fails_the_registry_check(new_warehouse, january):
+    warehouse = new_warehouse(template=january)
+    warehouse.load("2024-01", selection="feast_registry")
+    with warehouse.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE usage_agg_30d_snapshots DROP COLUMN skips_7d"))
+    settings = Settings.from_env()
+    outcome = verify_registry(warehouse.engine, feature_store(settings), feature_repo(settings))
+    assert not outcome.passed
+    assert "usage_agg_30d_fv: usage_agg_30d_snapshots has no column skips_7d" in (
+        outcome.description
     )

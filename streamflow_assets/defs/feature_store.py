@@ -5,11 +5,15 @@ Both are monthly like everything else, so `--select '*' --partition M` runs a wh
 
 import dagster as dg
 
-from streamflow_assets.defs.common import as_failures, metadata
+from streamflow_assets.defs.common import as_failures, check_result, check_spec, metadata
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
 from streamflow_assets.feature_store.materialize import materialize_month
-from streamflow_assets.feature_store.registry import apply_repo
+from streamflow_assets.feature_store.registry import (
+    REGISTRY_MATCHES_REPO,
+    apply_repo,
+    verify_registry,
+)
 from streamflow_assets.feature_store.repo import (
     FEATURE_SERVICE,
     definitions_version,
@@ -30,6 +34,9 @@ FEATURE_VIEW_SNAPSHOTS = [s.snapshot.name for s in SNAPSHOT_TABLES if s.snapshot
     deps=FEATURE_VIEW_SNAPSHOTS,
     code_version=definitions_version(feature_repo(Settings.from_env())),
     kinds={"feast", "postgres"},
+    check_specs=[
+        check_spec("registry_matches_repo", "feast_registry", REGISTRY_MATCHES_REPO, blocking=True)
+    ],
 )
 def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
     """Feast's registry, `feast apply` of `feature_repo/`: the `user` entity, a PostgreSQL source
@@ -39,12 +46,12 @@ def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSett
     Idempotent: applying unchanged definitions changes nothing. The code version is a hash of
     feature_repo's files, so after an edit this asset shows as stale until it is applied."""
     settings = streamflow.settings()
-    streamflow.engine()  # a clear error if the database does not answer
+    engine = streamflow.engine()  # a clear error if the database does not answer
     store, repo = feature_store(settings), feature_repo(settings)
     changes = apply_repo(store, repo)
     counts = {kind: len(items) for kind, items in changes.items()}
     context.log.info("feast apply: %s", counts)
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata=metadata(
             {
                 "project": store.project,
@@ -61,6 +68,7 @@ def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSett
             }
         )
     )
+    yield check_result(verify_registry(engine, store, repo), "feast_registry")
 
 
 @dg.asset(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from feast import FeatureStore
+from sqlalchemy.engine import Engine
 
 from streamflow_assets.adapters.feast import Project, TransitionType, apply_plan
 from streamflow_assets.feature_store.repo import repo_contents
+from streamflow_assets.report import CheckOutcome, Markdown
 
 _CHANGES = {
     TransitionType.CREATE: "created",
@@ -31,3 +34,92 @@ def apply_repo(store: FeatureStore, repo: Path) -> dict[str, list[str]]:
         if kind := _CHANGES.get(diff.transition_type):
             changes[kind].append(f"{diff.feast_object_type.value} {diff.name}")
     return changes
+
+
+REGISTRY_MATCHES_REPO = (
+    "After apply, Feast's plan of the repository against the registry shows no pending change, and "
+    "every feature view's source table exists with a column of a compatible type for each field."
+)
+
+_COMPATIBLE = {
+    "Int64": {"smallint", "integer", "bigint"},
+    "Int32": {"smallint", "integer"},
+    "Float64": {"numeric", "double precision", "real"},
+    "Float32": {"real", "double precision", "numeric"},
+    "Bool": {"boolean"},
+    "String": {"text", "character varying"},
+}
+"""PostgreSQL column types a Feast field type may be read from."""
+
+
+_RUN_STATE = ("materialization_intervals", "meta")
+"""What materializing changes on a feature view: not a difference from the repository."""
+
+
+def _without_meta(value):
+    """A protobuf value without its `meta` (creation and update times Feast stamps on every
+    object it builds, so a freshly parsed source never equals the registered one)."""
+    if hasattr(value, "HasField") and "meta" in getattr(value.DESCRIPTOR, "fields_by_name", {}):
+        value = type(value).FromString(value.SerializeToString())
+        value.ClearField("meta")
+    return value
+
+
+def _changed(diff) -> list[str]:
+    """The properties of an object diff that differ in substance."""
+    return [
+        p.property_name
+        for p in diff.feast_object_property_diffs
+        if p.property_name.split(".")[0] not in _RUN_STATE
+        and _without_meta(p.val_existing) != _without_meta(p.val_declared)
+    ]
+
+
+def verify_registry(engine: Engine, store: FeatureStore, repo: Path) -> CheckOutcome:
+    """The registry is what the repository says, and the sources hold what the views read."""
+    contents = repo_contents(repo)
+    if not contents.projects:
+        contents.projects.append(Project(name=store.project))
+    registry_diff, _, _ = store.plan(contents)
+    pending = [
+        f"{d.feast_object_type.value} {d.name}: {d.transition_type.name.lower()}"
+        + (f" ({', '.join(_changed(d))})" if _changed(d) else "")
+        for d in registry_diff.feast_object_diffs
+        if d.transition_type != TransitionType.UNCHANGED
+        and not (d.transition_type == TransitionType.UPDATE and not _changed(d))
+    ]
+    problems = []
+    with engine.connect() as conn:
+        for view in store.list_feature_views(allow_cache=False):
+            table = view.batch_source.get_table_query_string()
+            columns = dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT column_name, data_type FROM information_schema.columns "
+                        "WHERE table_schema = current_schema() AND table_name = :t"
+                    ),
+                    {"t": table},
+                ).all()
+            )
+            if not columns:
+                problems.append(f"{view.name}: source table {table} does not exist")
+                continue
+            for field in view.features:
+                found = columns.get(field.name)
+                allowed = _COMPATIBLE.get(str(field.dtype), set())
+                if found is None:
+                    problems.append(f"{view.name}: {table} has no column {field.name}")
+                elif found not in allowed:
+                    problems.append(
+                        f"{view.name}: {table}.{field.name} is {found}, not a {field.dtype} type"
+                    )
+    return CheckOutcome(
+        name="registry_matches_repo",
+        passed=not pending and not problems,
+        description="; ".join(pending + problems)
+        or "the registry matches the repository; every source column is there",
+        metadata={
+            "pending changes": Markdown("\n".join(f"- {p}" for p in pending) or "none"),
+            "source problems": Markdown("\n".join(f"- {p}" for p in problems) or "none"),
+        },
+    )

@@ -60,10 +60,16 @@ def feast_command(repo: Path, *args: str) -> list[str]:
 
 
 def repo_contents(repo: Path) -> RepoContents:
-    """The objects `feast apply` would register, parsed the way the feast CLI does."""
+    """The objects `feast apply` would register, parsed the way the feast CLI does, from the
+    files as they are now (a long-lived process re-reads an edited definition)."""
     with _parse_lock, _working_directory(repo):
-        if str(repo) not in sys.path:
-            sys.path.insert(0, str(repo))
+        # The repository's modules import each other by bare name (`from entities import user`),
+        # as the feast CLI runs them: this repository first on the path, none of them cached.
+        if str(repo) in sys.path:
+            sys.path.remove(str(repo))
+        sys.path.insert(0, str(repo))
+        for path in repo_files(repo):
+            sys.modules.pop(".".join(path.relative_to(repo).with_suffix("").parts), None)
         return parse_repo(repo)
 
 
