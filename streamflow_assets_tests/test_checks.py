@@ -129,7 +129,7 @@ def test_the_registry_matches_the_repository_until_a_view_is_edited_without_appl
     settings = Settings.from_env()
     outcome = verify_registry(warehouse.engine, feature_store(settings), feature_repo(settings))
     assert not outcome.passed
-    assert "feature view usage_agg_30d_fv: update" in outcome.description
+    assert "feature view usage_agg_30d_fv (ttl): update" in outcome.description
 
 
 def test_a_source_column_that_is_gone_fails_the_registry_check(new_warehouse, january):

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from feast import FeatureStore
 from sqlalchemy.engine import Engine
 
-from streamflow_assets.adapters.feast import Project, TransitionType, apply_plan
+from streamflow_assets.adapters.feast import Project, RepoContents, TransitionType, apply_plan
 from streamflow_assets.feature_store.repo import repo_contents
 from streamflow_assets.report import CheckOutcome, Markdown
 
@@ -20,19 +20,33 @@ _CHANGES = {
 }
 
 
-def apply_repo(store: FeatureStore, repo: Path) -> dict[str, list[str]]:
-    """Apply the repository's definitions (idempotent: unchanged definitions change nothing);
-    the objects created, updated, deleted and unchanged, as "<type> <name>"."""
+def plan_repo(store: FeatureStore, repo: Path) -> tuple[RepoContents, dict[str, list[str]]]:
+    """The repository's objects, and what applying them would create, update (in substance:
+    Feast's own timestamps and materialization state aside), delete or leave unchanged."""
     contents = repo_contents(repo)
     if not contents.projects:
         contents.projects.append(Project(name=store.project))
     registry_diff, _, _ = store.plan(contents)
-    to_apply, to_delete = apply_plan(store, contents)
-    store.apply(to_apply, objects_to_delete=to_delete, partial=False)
     changes: dict[str, list[str]] = {kind: [] for kind in _CHANGES.values()}
     for diff in registry_diff.feast_object_diffs:
-        if kind := _CHANGES.get(diff.transition_type):
-            changes[kind].append(f"{diff.feast_object_type.value} {diff.name}")
+        kind = _CHANGES.get(diff.transition_type)
+        changed = _changed(diff)
+        if kind == "updated" and not changed:
+            kind = "unchanged"
+        if kind:
+            detail = f" ({', '.join(changed)})" if kind == "updated" else ""
+            changes[kind].append(f"{diff.feast_object_type.value} {diff.name}{detail}")
+    return contents, changes
+
+
+def apply_repo(store: FeatureStore, repo: Path) -> dict[str, list[str]]:
+    """Apply the repository's definitions when they differ in substance from the registry
+    (otherwise nothing is written: applying unchanged definitions changes nothing); the objects
+    created, updated, deleted and unchanged, as "<type> <name>"."""
+    contents, changes = plan_repo(store, repo)
+    if changes["created"] or changes["updated"] or changes["deleted"]:
+        to_apply, to_delete = apply_plan(store, contents)
+        store.apply(to_apply, objects_to_delete=to_delete, partial=False)
     return changes
 
 
@@ -77,16 +91,11 @@ def _changed(diff) -> list[str]:
 
 def verify_registry(engine: Engine, store: FeatureStore, repo: Path) -> CheckOutcome:
     """The registry is what the repository says, and the sources hold what the views read."""
-    contents = repo_contents(repo)
-    if not contents.projects:
-        contents.projects.append(Project(name=store.project))
-    registry_diff, _, _ = store.plan(contents)
+    _, changes = plan_repo(store, repo)
     pending = [
-        f"{d.feast_object_type.value} {d.name}: {d.transition_type.name.lower()}"
-        + (f" ({', '.join(_changed(d))})" if _changed(d) else "")
-        for d in registry_diff.feast_object_diffs
-        if d.transition_type != TransitionType.UNCHANGED
-        and not (d.transition_type == TransitionType.UPDATE and not _changed(d))
+        f"{item}: {kind[:-1]}"
+        for kind in ("created", "updated", "deleted")
+        for item in changes[kind]
     ]
     problems = []
     with engine.connect() as conn:
