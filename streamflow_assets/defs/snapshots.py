@@ -11,7 +11,7 @@ from streamflow_assets.defs.common import (
 )
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
-from streamflow_assets.snapshots import MATCHES_VALIDATED_DROP, build_snapshots, verify_snapshot
+from streamflow_assets.snapshots import MATCHES_VALIDATED_DROP, build_snapshots
 from streamflow_assets.table_specs import SNAPSHOT_TABLES, TableSpec
 from streamflow_assets.warehouse import partition_lock
 
@@ -57,10 +57,9 @@ def snapshot_monthly_drop(context: dg.AssetExecutionContext, streamflow: Streamf
     ]
     with as_failures(), partition_lock(engine, "snapshots", partition):
         built = build_snapshots(engine, selected, partition)
-        checks = [verify_snapshot(engine, spec, partition) for spec in selected]
-    for spec, values in zip(selected, built, strict=True):
+    for spec, (values, _) in zip(selected, built, strict=True):
         yield dg.MaterializeResult(asset_key=spec.snapshot.name, metadata=metadata(values))
-    for outcome in checks:
+    for _, outcome in built:
         key = dg.AssetCheckKey(dg.AssetKey(outcome.asset), outcome.name)
         if key in context.selected_asset_check_keys:
             yield check_result(outcome)
