@@ -67,6 +67,15 @@ def test_bad_first_month_names_the_variable(value):
         Settings.from_env({"STREAMFLOW_FIRST_MONTH": value})
 
 
+@pytest.mark.parametrize("value", ["0", "121", "-3", "twelve", "1.5"])
+def test_bad_model_window_names_the_variable(value):
+    expected = "STREAMFLOW_MODEL_WINDOW must be a whole number of months from 1 to 120"
+    with pytest.raises(SettingsError, match=expected):
+        Settings.from_env({"STREAMFLOW_MODEL_WINDOW": value})
+    assert Settings.from_env({}).model_window == 12
+    assert Settings.from_env({"STREAMFLOW_MODEL_WINDOW": " 3 "}).model_window == 3
+
+
 def test_unreachable_database_names_the_variable_and_hides_the_password():
     # Port 1 on loopback: nothing listens there, the connection is refused at once.
     settings = Settings.from_env(
