@@ -48,6 +48,7 @@ from streamflow_assets.report import (
 )
 from streamflow_assets.settings import Settings, add_months
 from streamflow_assets.sql import copy_in, ident
+from streamflow_assets.table_specs import LABELS
 
 SEED = 7
 MAX_TRAINING_ROWS = 500_000
@@ -430,8 +431,6 @@ SCORES_CHECK = (
 
 def verify_scores(engine: Engine, partition: str, expected_version: str | None) -> CheckOutcome:
     """The month's rows of churn_scores against the month's users and the champion's name."""
-    from streamflow_assets.table_specs import LABELS
-
     with engine.connect() as conn:
         rows, users, outside, unnamed, versions = conn.execute(
             sa.text(

@@ -14,6 +14,7 @@ from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.ingestion.drops import DropError
 from streamflow_assets.model_registry import RegistryError
 from streamflow_assets.report import CheckOutcome, Markdown, MissingInputError, StepRefused
+from streamflow_assets.warehouse import PG_TYPES
 
 
 def check_spec(name: str, asset: str, description: str, *, blocking: bool) -> dg.AssetCheckSpec:
@@ -74,8 +75,6 @@ def as_failures() -> Iterator[None]:
 
 def column_schema(columns, *extra: tuple[str, str, str]) -> dg.TableSchema:
     """The columns of a table as Dagster shows them (the asset's *Columns* in the UI)."""
-    from streamflow_assets.warehouse import PG_TYPES
-
     return dg.TableSchema(
         columns=[
             dg.TableColumn(
