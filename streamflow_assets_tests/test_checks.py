@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -10,11 +11,12 @@ import sqlalchemy as sa
 
 from streamflow_assets.feature_store.registry import verify_registry
 from streamflow_assets.feature_store.repo import feature_repo, feature_store
+from streamflow_assets.feature_store.verify import every_user_online, online_matches_offline
 from streamflow_assets.model import verify_scores
 from streamflow_assets.settings import Settings
 from streamflow_assets.snapshots import verify_snapshot
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES, USAGE_AGG_30D
-from streamflow_assets_tests.conftest import edit_csv, failure_text
+from streamflow_assets_tests.conftest import SEED_USERS, edit_csv, failure_text
 
 SNAPSHOTS = dg.AssetSelection.groups("snapshots")
 
@@ -143,3 +145,82 @@ def test_a_source_column_that_is_gone_fails_the_registry_check(new_warehouse, ja
     assert "usage_agg_30d_fv: usage_agg_30d_snapshots has no column skips_7d" in (
         outcome.description
     )
+
+
+ONLINE_PROFILE = "feast_online.streamflow_subs_profile_fv"
+
+
+@pytest.fixture
+def online_january(new_warehouse, january):
+    warehouse = new_warehouse(template=january)
+    result = warehouse.materialize("2024-01", dg.AssetSelection.groups("feature_store"))
+    assert result.success, failure_text(result)
+    checks = evaluations(result)
+    for name in ("every_user_online", "online_matches_offline"):
+        assert checks[("online_features", name)].passed, checks[("online_features", name)]
+    return warehouse
+
+
+def _online_checks(warehouse):
+    store = feature_store(Settings.from_env())
+    start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC)
+    return (
+        every_user_online(warehouse.engine, store, "2024-01", start, end),
+        online_matches_offline(warehouse.engine, store, "2024-01", sample_size=SEED_USERS),
+    )
+
+
+def test_a_deleted_online_row_fails_both_online_checks(online_january):
+    with online_january.engine.begin() as conn:
+        conn.execute(
+            sa.text(f"DELETE FROM {ONLINE_PROFILE} WHERE entity_key = (SELECT entity_key "
+                    f"FROM {ONLINE_PROFILE} ORDER BY entity_key LIMIT 1)")
+        )  # fmt: skip
+    coverage, skew = _online_checks(online_january)
+    assert not coverage.passed
+    assert "subs_profile_fv: 1 users of the month not online" in coverage.description
+    assert not skew.passed
+    assert "values differ, in 1 users" in skew.description
+
+
+def test_an_altered_online_value_fails_online_matches_offline(online_january):
+    with online_january.engine.begin() as conn:
+        # monthly_fee + 1, re-encoded the way Feast stores a double.
+        conn.execute(
+            sa.text(
+                f"UPDATE {ONLINE_PROFILE} SET value = '\\x09'::bytea || "
+                "substr(float8send(value_text::float8 + 1), 8, 1) || "
+                "substr(float8send(value_text::float8 + 1), 7, 1) || "
+                "substr(float8send(value_text::float8 + 1), 6, 1) || "
+                "substr(float8send(value_text::float8 + 1), 5, 1) || "
+                "substr(float8send(value_text::float8 + 1), 4, 1) || "
+                "substr(float8send(value_text::float8 + 1), 3, 1) || "
+                "substr(float8send(value_text::float8 + 1), 2, 1) || "
+                "substr(float8send(value_text::float8 + 1), 1, 1) "
+                "WHERE feature_name = 'monthly_fee' AND entity_key = "
+                f"(SELECT entity_key FROM {ONLINE_PROFILE} ORDER BY entity_key LIMIT 1)"
+            )
+        )
+    coverage, skew = _online_checks(online_january)
+    assert coverage.passed, coverage.description
+    assert not skew.passed
+    differences = skew.metadata["differences"]
+    assert "monthly_fee" in str(differences)
+    # The on-demand feature derived from it differs too (unless nothing was watched).
+    assert skew.description.startswith(("1 values differ", "2 values differ"))
+
+
+def test_an_online_user_no_month_had_fails_every_user_online(online_january):
+    with online_january.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {ONLINE_PROFILE} (entity_key, feature_name, value, value_text, "
+                "event_ts, created_ts) SELECT overlay(entity_key placing "
+                "convert_to('9999-ZZZZZ', 'UTF8') from length(entity_key) - 9), feature_name, "
+                f"value, value_text, event_ts, created_ts FROM {ONLINE_PROFILE} WHERE "
+                f"entity_key = (SELECT entity_key FROM {ONLINE_PROFILE} ORDER BY 1 LIMIT 1)"
+            )
+        )
+    coverage, _ = _online_checks(online_january)
+    assert not coverage.passed
+    assert "subs_profile_fv: 1 online users no month ever had" in coverage.description

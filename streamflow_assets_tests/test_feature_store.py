@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from streamflow_assets.db import libpq_url
-from streamflow_assets.feature_store.online import entity_key_sql, value_sql
+from streamflow_assets.feature_store.online import entity_key_sql, published_months, value_sql
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_repo, feature_store
 from streamflow_assets.feature_store.training import training_table
 from streamflow_assets.months import event_timestamp
@@ -329,7 +330,7 @@ def test_online_store_keeps_answering_while_a_month_is_materialized(two_orders):
     warehouse = made["utc"]
     warehouse.activate()
     users = list(_online_users(warehouse))[:20]
-    errors, answers = [], []
+    errors, answers, mixed = [], [], []
 
     def read(done):
         # Another process in production; a thread with its own FeatureStore here.
@@ -338,16 +339,23 @@ def test_online_store_keeps_answering_while_a_month_is_materialized(two_orders):
         store = FeatureStore(repo_path=str(feature_repo(Settings.from_env())))
         while not done.is_set():
             try:
-                frame = store.get_online_features(
+                columns = store.get_online_features(
                     features=store.get_feature_service(FEATURE_SERVICE),
                     entity_rows=[{"user_id": u} for u in users],
-                ).to_df()
-                answers.append(int(frame["months_active"].notna().sum()))
+                ).to_dict(include_event_timestamps=True)
             except Exception as exc:  # any failure to serve is the bug
                 errors.append(repr(exc))
+                continue
+            answers.append(sum(v is not None for v in columns["months_active"]))
+            stamps = [k for k in columns if k.endswith("__ts")]
+            for i, user in enumerate(users):
+                months = {columns[k][i] for k in stamps} - {0}  # 0: on-demand features
+                if len(months) > 1:  # one user's views from two months
+                    mixed.append((user, sorted(months)))
 
     while_rematerializing_online(warehouse, read)
     assert not errors
+    assert not mixed
     assert len(answers) > 3 and set(answers) == {len(users)}
 
 
@@ -402,3 +410,20 @@ def test_unexpected_empty_feature_fails_the_check_and_writes_nothing(new_warehou
         "no_unexpected_null_feature": False,
         "label_rate_in_range": True,
     }
+
+
+@pytest.mark.parametrize("name", ["utc", "new_york"])
+def test_the_registry_keeps_every_months_interval_in_either_order(two_orders, name):
+    made = two_orders
+    made[name].activate()
+    store = feature_store(Settings.from_env())
+    expected = {
+        (datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC)),
+        (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)),
+    }
+    views = store.registry.list_feature_views(store.project, allow_cache=False)
+    assert len(views) == 4
+    for view in views:
+        assert set(view.materialization_intervals) == expected, view.name
+    with made[name].engine.connect() as conn:
+        assert published_months(conn) == ["2024-01", "2024-02"]

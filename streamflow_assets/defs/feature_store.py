@@ -20,6 +20,12 @@ from streamflow_assets.feature_store.repo import (
     feature_repo,
     feature_store,
 )
+from streamflow_assets.feature_store.verify import (
+    EVERY_USER_ONLINE,
+    ONLINE_MATCHES_OFFLINE,
+    every_user_online,
+    online_matches_offline,
+)
 from streamflow_assets.months import as_of
 from streamflow_assets.report import Markdown
 from streamflow_assets.settings import Settings
@@ -48,7 +54,7 @@ def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSett
     settings = streamflow.settings()
     engine = streamflow.engine()  # a clear error if the database does not answer
     store, repo = feature_store(settings), feature_repo(settings)
-    changes = apply_repo(store, repo)
+    changes = apply_repo(engine, store, repo)
     counts = {kind: len(items) for kind, items in changes.items()}
     context.log.info("feast apply: %s", counts)
     yield dg.MaterializeResult(
@@ -76,6 +82,12 @@ def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSett
     partitions_def=monthly_partitions,
     deps=[feast_registry],
     kinds={"feast", "postgres"},
+    check_specs=[
+        check_spec("every_user_online", "online_features", EVERY_USER_ONLINE, blocking=True),
+        check_spec(
+            "online_matches_offline", "online_features", ONLINE_MATCHES_OFFLINE, blocking=True
+        ),
+    ],
 )
 def online_features(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
     """Feast's online store (PostgreSQL, schema `feast_online`) after materializing the month:
@@ -83,13 +95,18 @@ def online_features(context: dg.AssetExecutionContext, streamflow: StreamflowSet
 
     Per user the newest month wins: re-running an old month after a newer one leaves the newer
     values online. Written with set-based SQL in Feast's own format (see
-    `streamflow_assets/feature_store/online.py`), each feature view's table rebuilt beside the
-    live one and swapped in, so the API and `feast serve` keep answering meanwhile."""
+    `streamflow_assets/feature_store/online.py`): every feature view's table is rebuilt beside
+    the live one, then all are swapped in in one transaction, so the API and `feast serve` keep
+    answering meanwhile and never serve one user two months."""
     window = context.partition_time_window
+    engine, store = streamflow.engine(), feature_store(streamflow.settings())
     with as_failures():
-        written = materialize_month(
-            streamflow.engine(), feature_store(streamflow.settings()), window.start, window.end
-        )
-    return dg.MaterializeResult(
+        written = materialize_month(engine, store, window.start, window.end)
+    yield dg.MaterializeResult(
         metadata=metadata({"as_of": str(as_of(context.partition_key)), **written})
     )
+    month = context.partition_key
+    yield check_result(
+        every_user_online(engine, store, month, window.start, window.end), "online_features"
+    )
+    yield check_result(online_matches_offline(engine, store, month), "online_features")

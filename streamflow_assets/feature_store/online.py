@@ -7,17 +7,20 @@ same table and indexes — with one INSERT ... SELECT per feature view, encoding
 The encoders are checked byte for byte against Feast's serializers in the tests, and values are
 read back through `FeatureStore.get_online_features`.
 
-Each feature view's table is rebuilt beside the live one and swapped in, keeping per user the
-newest month (a re-run of an old month never replaces newer values), so readers keep reading the
-old table until the swap, a moment at the end.
+Each feature view's table is rebuilt beside the live one, keeping per user the newest month (a
+re-run of an old month never replaces newer values); then all of them are swapped in in one
+transaction, so readers keep reading the old month until that moment and never see two months.
 """
 
 from __future__ import annotations
 
+import itertools
+import random
 import re
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
+import psycopg
 import sqlalchemy as sa
 from feast import FeatureView
 from feast.repo_config import RepoConfig
@@ -29,7 +32,7 @@ from streamflow_assets.adapters.feast import (
     online_table_name,
     value_field_number,
 )
-from streamflow_assets.sql import advisory_lock, ident, literal, replace_table, table_exists
+from streamflow_assets.sql import ident, literal, replace_table, table_exists
 from streamflow_assets.warehouse import STAGING_SCHEMA
 
 _ON_TABLE = re.compile(r" ON \S+ USING ")
@@ -112,15 +115,16 @@ def online_table(config: RepoConfig, view: FeatureView) -> tuple[str, str]:
     return config.online_store.db_schema, online_table_name(config, view)
 
 
-def write_month(
+def stage_view(
     engine: Engine,
     config: RepoConfig,
     view: FeatureView,
     window_start: datetime,
     window_end: datetime,
 ) -> dict:
-    """Write the feature view's rows with event_timestamp in [start, end) to the online store,
-    keeping per user whichever of (online, this window) is newer."""
+    """Build, beside the feature view's online table, the table it becomes once the window's rows
+    with event_timestamp in [start, end) are written (per user, whichever of online and this
+    window is newer wins), and commit it; `publish` swaps it in. The caller holds ONLINE_LOCK."""
     started = time.perf_counter()
     schema, table = online_table(config, view)
     (join_key,) = view.join_keys
@@ -132,7 +136,7 @@ def write_month(
     live = ident(schema, table)
     staged = ident(STAGING_SCHEMA, table)
 
-    with advisory_lock(engine, f"online:{table}"), engine.begin() as conn:
+    with engine.begin() as conn:
         if not table_exists(conn, schema, table):
             raise LookupError(
                 f"online table {schema}.{table} does not exist: materialize feast_registry "
@@ -188,7 +192,6 @@ def write_month(
         # A new table has no statistics until autovacuum gets to it; meanwhile the plans of
         # Feast's reads go wrong (one user: 2.7 ms instead of 0.7 ms at 1M users).
         conn.execute(sa.text(f"ANALYZE {staged}"))
-        replace_table(conn, (STAGING_SCHEMA, table), (schema, table))
     return {
         "feature view": view.name,
         "online table": f"{schema}.{table}",
@@ -198,6 +201,101 @@ def write_month(
         "old month under newer values": older_than_online,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def drop_staged(engine: Engine, tables: list[tuple[str, str]]) -> list[str]:
+    """Drop what a killed write left staged for these online tables (the caller holds
+    ONLINE_LOCK, so no live run is building them); the names dropped."""
+    dropped = []
+    with engine.begin() as conn:
+        for _, table in tables:
+            if table_exists(conn, STAGING_SCHEMA, table):
+                conn.execute(sa.text(f"DROP TABLE {ident(STAGING_SCHEMA, table)}"))
+                dropped.append(f"{STAGING_SCHEMA}.{table}")
+    return dropped
+
+
+def publish(
+    engine: Engine,
+    tables: list[tuple[str, str]],
+    month: str,
+    *,
+    lock_timeout: timedelta = timedelta(milliseconds=100),
+    give_up_after: timedelta = timedelta(minutes=10),
+) -> dict:
+    """Swap every staged online table in, and record the month as published, in one
+    transaction: a reader sees every feature view of the old month or every one of the new,
+    never a mix, whatever happens to this process meanwhile.
+
+    The swap needs each table's exclusive lock; a long reader would make it wait, and every
+    reader queued behind it with it. So each attempt waits at most `lock_timeout` for its locks,
+    then lets go, backs off and tries again (readers run meanwhile), for up to `give_up_after`.
+    The timeout is well under PostgreSQL's deadlock_timeout (1 s): a reader that holds one view's
+    table and waits for another the swap already holds makes the swap give way, instead of the
+    deadlock detector failing the reader."""
+    started = time.monotonic()
+    for attempt in itertools.count(1):
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_ms(lock_timeout)}ms'"))
+                # Every lock first, in the callers' order (the order readers take them).
+                live = ", ".join(ident(schema, table) for schema, table in tables)
+                conn.execute(sa.text(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE"))
+                for schema, table in tables:
+                    replace_table(conn, (STAGING_SCHEMA, table), (schema, table))
+                record_published(conn, month)
+            return {
+                "swap attempts": attempt,
+                "seconds waiting for readers": round(time.monotonic() - started, 2),
+            }
+        except sa.exc.OperationalError as exc:
+            if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+                raise
+            if time.monotonic() - started > give_up_after.total_seconds():
+                raise TimeoutError(
+                    f"could not publish {month} online in {give_up_after}: readers kept the "
+                    f"online tables locked ({attempt} attempts)"
+                ) from None
+            time.sleep(min(0.05 * 2**attempt, 2.0) * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
+
+
+PUBLISHED = ("public", "online_months")
+"""One row per month published online: what the online store serves is the newest of them."""
+
+
+def ensure_published_table(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('streamflow:ddl'))"))
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE IF NOT EXISTS {ident(*PUBLISHED)} ("
+                "month text PRIMARY KEY, published_at timestamptz NOT NULL)"
+            )
+        )
+
+
+def record_published(conn: Connection, month: str) -> None:
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {ident(*PUBLISHED)} (month, published_at) VALUES (:m, now()) "
+            "ON CONFLICT (month) DO UPDATE SET published_at = excluded.published_at"
+        ),
+        {"m": month},
+    )
+
+
+def published_months(conn: Connection) -> list[str]:
+    """The months published online, oldest first (none when nothing was ever published)."""
+    if not table_exists(conn, *PUBLISHED):
+        return []
+    return list(
+        conn.execute(sa.text(f"SELECT month FROM {ident(*PUBLISHED)} ORDER BY month")).scalars()
+    )
 
 
 def _copy_indexes(conn: Connection, schema: str, table: str) -> None:

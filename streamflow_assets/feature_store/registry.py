@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.adapters.feast import Project, RepoContents, TransitionType, apply_plan
 from streamflow_assets.feature_store.repo import repo_contents
 from streamflow_assets.report import CheckOutcome, Markdown
+from streamflow_assets.sql import advisory_lock
 
 _CHANGES = {
     TransitionType.CREATE: "created",
@@ -39,15 +41,31 @@ def plan_repo(store: FeatureStore, repo: Path) -> tuple[RepoContents, dict[str, 
     return contents, changes
 
 
-def apply_repo(store: FeatureStore, repo: Path) -> dict[str, list[str]]:
+REGISTRY_LOCK = "feast_registry"
+"""Feast's SQL registry updates an object by reading it, then writing it back in another
+transaction: every writer of ours (apply, materialization intervals) holds this lock, so none
+loses another's update."""
+
+
+def apply_repo(engine: Engine, store: FeatureStore, repo: Path) -> dict[str, list[str]]:
     """Apply the repository's definitions when they differ in substance from the registry
     (otherwise nothing is written: applying unchanged definitions changes nothing); the objects
     created, updated, deleted and unchanged, as "<type> <name>"."""
-    contents, changes = plan_repo(store, repo)
-    if changes["created"] or changes["updated"] or changes["deleted"]:
-        to_apply, to_delete = apply_plan(store, contents)
-        store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+    with advisory_lock(engine, REGISTRY_LOCK):
+        contents, changes = plan_repo(store, repo)
+        if changes["created"] or changes["updated"] or changes["deleted"]:
+            to_apply, to_delete = apply_plan(store, contents)
+            store.apply(to_apply, objects_to_delete=to_delete, partial=False)
     return changes
+
+
+def record_intervals(engine: Engine, store: FeatureStore, start: datetime, end: datetime) -> None:
+    """Add [start, end) to every feature view's materialization intervals (what Feast's UI and
+    `feast materialize-incremental` read), unless it is there already."""
+    with advisory_lock(engine, REGISTRY_LOCK):
+        for view in store.registry.list_feature_views(store.project, allow_cache=False):
+            if (start, end) not in view.materialization_intervals:
+                store.registry.apply_materialization(view, store.project, start, end)
 
 
 REGISTRY_MATCHES_REPO = (

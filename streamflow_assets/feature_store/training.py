@@ -13,6 +13,7 @@ tests compare the result with `get_historical_features`, value for value.
 """
 
 import time
+from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.files import atomic_write
 from streamflow_assets.months import as_of, event_timestamp
 from streamflow_assets.report import CheckOutcome, StepRefused, StepResult, markdown_table
-from streamflow_assets.sql import copy_out, ident, inline
+from streamflow_assets.sql import copy_out, ident, inline, literal
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
 
 SNAPSHOT_NAMES = {spec.snapshot.name for spec in SNAPSHOT_TABLES}
@@ -45,9 +46,11 @@ def training_path(output_dir: Path, partition: str) -> Path:
     return output_dir / f"training_df_{as_of(partition).isoformat()}.csv"
 
 
-def training_table(engine: Engine, store: FeatureStore, partition: str) -> pa.Table:
+def training_table(
+    engine: Engine, store: FeatureStore, partition: str, users: Sequence[str] | None = None
+) -> pa.Table:
     """The training rows of a month: user_id, event_timestamp, every feature of the service
-    (on-demand ones included), churn_label; ordered by user_id."""
+    (on-demand ones included), churn_label; ordered by user_id. Only `users`' rows if given."""
     service = store.get_feature_service(FEATURE_SERVICE)
     ts = event_timestamp(partition)
     selects, joins, types = [], [], {}
@@ -78,7 +81,9 @@ def training_table(engine: Engine, store: FeatureStore, partition: str) -> pa.Ta
     labels = ident(LABELS.snapshot.name)
     query = (
         f"SELECT e.user_id, {', '.join(selects)}, e.{ident(LABEL)} "
-        f"FROM {labels} e {' '.join(joins)} WHERE e.as_of = :as_of ORDER BY e.user_id"
+        f"FROM {labels} e {' '.join(joins)} WHERE e.as_of = :as_of"
+        + (f" AND e.user_id IN ({', '.join(map(literal, users))})" if users is not None else "")
+        + " ORDER BY e.user_id"
     )
     table = _copy_out(engine, query, params, {"user_id": pa.string(), **types, LABEL: pa.bool_()})
     table = table.add_column(

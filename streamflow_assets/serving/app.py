@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated
 
-import sqlalchemy as sa
 from fastapi import Body, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -26,11 +25,11 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from streamflow_assets.adapters.feast import type_checks_off
 from streamflow_assets.db import get_engine
+from streamflow_assets.feature_store.online import published_months
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.model import LoadedModel
 from streamflow_assets.model import load as load_model
 from streamflow_assets.model_registry import CHAMPION, MODEL_NAME, Registry, RegistryError
-from streamflow_assets.months import partition_key
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import USER_ID_PATTERN
 
@@ -264,15 +263,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def health(request: Request):
         try:
             with get_engine(settings).connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
+                published = published_months(conn)
             store = online(request).store
-            views = store.registry.list_feature_views(store.project, allow_cache=False)
+            store.registry.list_feature_views(store.project, allow_cache=False)
         except NotReady:
             raise
         except Exception as exc:
             raise HTTPException(503, f"not ready: {exc}".splitlines()[0]) from None
-        starts = [start for v in views for start, _ in v.materialization_intervals]
-        month = partition_key(max(starts).astimezone(UTC).date()) if starts else None
+        month = published[-1] if published else None
         models = request.app.state.models
         with contextlib.suppress(NotReady):  # features are served; /predict says why it cannot
             models.champion()

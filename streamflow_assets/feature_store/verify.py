@@ -1,0 +1,215 @@
+"""The checks of a month's materialization: everyone is online, and online equals offline.
+
+`every_user_online` is set-based SQL over the online tables (each user's id read back out of
+Feast's serialized entity key); `online_matches_offline` reads a seeded sample of users through
+Feast's own `get_online_features` with the `churn_features` service — on-demand features
+included — and compares them with the training path's values for the same users: the
+training/serving skew test, on every materialization.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from feast import FeatureStore, FeatureView
+from sqlalchemy.engine import Engine
+
+from streamflow_assets.adapters.feast import entity_key_prefix, type_checks_off
+from streamflow_assets.feature_store.online import online_table, published_months
+from streamflow_assets.feature_store.repo import FEATURE_SERVICE
+from streamflow_assets.feature_store.training import training_table
+from streamflow_assets.months import as_of, partition_key
+from streamflow_assets.report import CheckOutcome, markdown_table
+from streamflow_assets.sql import ident
+from streamflow_assets.table_specs import LABELS
+
+EVERY_USER_ONLINE = (
+    "Every user of the month's snapshots is online in every feature view with an event time at or "
+    "after the month's; no online row belongs to a user no month ever had; the month is published "
+    "and Feast's registry records its materialization interval for every feature view."
+)
+ONLINE_MATCHES_OFFLINE = (
+    "For a seeded sample of the month's users, the values Feast's get_online_features serves "
+    "through the churn_features service (on-demand features included) equal the training path's "
+    "values for the same users at the month they are served from."
+)
+SAMPLE_SIZE = 300
+EXAMPLES = 5
+
+
+def every_user_online(
+    engine: Engine, store: FeatureStore, partition: str, start: datetime, end: datetime
+) -> CheckOutcome:
+    views = store.registry.list_feature_views(store.project, allow_cache=False)
+    with ThreadPoolExecutor(2) as pool:
+        rows = list(pool.map(lambda v: _view_coverage(engine, store, v, start, end), views))
+    with engine.connect() as conn:
+        published = partition in published_months(conn)
+    unrecorded = sorted(v.name for v in views if (start, end) not in v.materialization_intervals)
+    problems = [
+        f"{r['feature view']}: {r[k]} {what}"
+        for r in rows
+        for k, what in (
+            ("missing", "users of the month not online"),
+            ("older", "users online with values older than the month"),
+            ("unknown", "online users no month ever had"),
+        )
+        if r[k]
+    ]
+    if not published:
+        problems.append(f"{partition} is not recorded as published online")
+    if unrecorded:
+        problems.append(f"the registry has no interval for {partition} on {', '.join(unrecorded)}")
+    return CheckOutcome(
+        name="every_user_online",
+        passed=not problems and all(r["month users"] for r in rows) and bool(rows),
+        description="; ".join(problems)
+        or (
+            f"all {rows[0]['month users'] if rows else 0} users of {partition} online in "
+            f"{len(rows)} feature views"
+            if rows and all(r["month users"] for r in rows)
+            else f"no user of {partition} in some feature view's source"
+        ),
+        metadata={
+            "by feature view": markdown_table(list(rows[0]), [list(r.values()) for r in rows])
+            if rows
+            else "no feature view",
+            "published": published,
+            "views without the month's interval": unrecorded or "none",
+        },
+    )
+
+
+def _view_coverage(
+    engine: Engine, store: FeatureStore, view: FeatureView, start: datetime, end: datetime
+) -> dict:
+    schema, table = online_table(store.config, view)
+    (join_key,) = view.join_keys
+    source = view.batch_source
+    ts = ident(source.timestamp_field)
+    # Feast's entity key is a fixed prefix, the id's 4-byte length, then the id in UTF-8.
+    skip = len(entity_key_prefix(join_key)) + 5
+    online = (
+        f"SELECT convert_from(substr(entity_key, {skip}), 'UTF8') AS k, event_ts "
+        f"FROM {ident(schema, table)} WHERE feature_name = :feature"
+    )
+    month = (
+        f"SELECT {ident(join_key)} AS k FROM {source.get_table_query_string()} "
+        f"WHERE {ts} >= :start AND {ts} < :end"
+    )
+    params = {"feature": view.features[0].name, "start": start, "end": end}
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET work_mem = '256MB'"))
+        counts = conn.execute(
+            sa.text(
+                "SELECT count(m.k), count(m.k) FILTER (WHERE o.k IS NULL), "
+                "count(m.k) FILTER (WHERE o.event_ts < :start), "
+                "(array_agg(m.k ORDER BY m.k) FILTER (WHERE o.k IS NULL))[1:5] "
+                f"FROM ({month}) m LEFT JOIN ({online}) o ON o.k = m.k"
+            ),
+            params,
+        ).one()
+        unknown = conn.execute(
+            sa.text(
+                f"SELECT count(*) FROM ({online}) o WHERE NOT EXISTS (SELECT 1 FROM "
+                f"{source.get_table_query_string()} s WHERE s.{ident(join_key)} = o.k)"
+            ),
+            params,
+        ).scalar_one()
+    users, missing, older, examples = counts
+    return {
+        "feature view": view.name,
+        "online table": f"{schema}.{table}",
+        "month users": users,
+        "missing": missing,
+        "older": older,
+        "unknown": unknown,
+        "missing e.g.": ", ".join(examples or []) or "-",
+    }
+
+
+def online_matches_offline(
+    engine: Engine, store: FeatureStore, partition: str, sample_size: int = SAMPLE_SIZE
+) -> CheckOutcome:
+    with engine.connect() as conn:
+        users = list(
+            conn.execute(
+                sa.text(
+                    f"SELECT user_id FROM {ident(LABELS.snapshot.name)} WHERE as_of = :as_of "
+                    "ORDER BY md5(user_id || :seed) LIMIT :n"
+                ),
+                {"as_of": as_of(partition), "seed": partition, "n": sample_size},
+            ).scalars()
+        )
+    service = store.get_feature_service(FEATURE_SERVICE)
+    with type_checks_off():
+        served = store.get_online_features(
+            features=service, entity_rows=[{"user_id": u} for u in users]
+        ).to_dict(include_event_timestamps=True)
+    names = [f.name for p in service.feature_view_projections for f in p.features]
+    stamps = [k for k in served if k.endswith("__ts")]
+    # Each user's values come from the month of their newest online row.
+    by_month: dict[str, list[int]] = defaultdict(list)
+    not_online = []
+    for i, user in enumerate(users):
+        seconds = [served[k][i] for k in stamps if served[k][i]]
+        if not seconds:
+            not_online.append(user)
+            continue
+        by_month[partition_key(datetime.fromtimestamp(max(seconds), UTC).date())].append(i)
+    mismatches = []
+    for month, rows in by_month.items():
+        offline = training_table(engine, store, month, [users[i] for i in rows]).to_pylist()
+        expected = {r["user_id"]: r for r in offline}
+        for i in rows:
+            row = expected.get(users[i])
+            if row is None:
+                mismatches.append((users[i], "(all)", "online", f"not in the {month} training set"))
+                continue
+            for name in names:
+                if not _same(served[name][i], row[name]):
+                    mismatches.append((users[i], name, served[name][i], row[name]))
+    compared = len(users) - len(not_online)
+    problems = []
+    if not users:
+        problems.append(f"{partition} has no users to sample")
+    if not_online:
+        problems.append(f"{len(not_online)} sampled users not online")
+    if mismatches:
+        problems.append(
+            f"{len(mismatches)} values differ, in {len({m[0] for m in mismatches})} users"
+        )
+    return CheckOutcome(
+        name="online_matches_offline",
+        passed=not problems,
+        description="; ".join(problems)
+        or f"{compared} sampled users x {len(names)} features: online equals offline",
+        metadata={
+            "sampled users": len(users),
+            "features compared": len(names),
+            "served from months": {m: len(r) for m, r in sorted(by_month.items())},
+            "not online": ", ".join(not_online[:EXAMPLES]) or "none",
+            "differences": markdown_table(
+                ["user_id", "feature", "online", "offline"],
+                [[str(v) for v in m] for m in mismatches[:20]],
+            )
+            if mismatches
+            else "none",
+        },
+    )
+
+
+def _same(online: object, offline: object) -> bool:
+    if online is None or offline is None:
+        return (online is None and offline is None) or (_nan(online) and _nan(offline))
+    if isinstance(online, float) or isinstance(offline, float):
+        return math.isclose(float(online), float(offline), rel_tol=1e-9, abs_tol=1e-12)
+    return online == offline
+
+
+def _nan(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
