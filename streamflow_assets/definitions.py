@@ -2,8 +2,17 @@
 
 import dagster as dg
 
-from streamflow_assets.defs.automation import monthly_graph, monthly_schedule, new_drop_sensor
-from streamflow_assets.defs.feature_store import feast_registry, online_features
+from streamflow_assets.defs.automation import (
+    monthly_graph,
+    monthly_schedule,
+    new_drop_sensor,
+    online_freshness_sensor,
+)
+from streamflow_assets.defs.feature_store import (
+    feast_registry,
+    online_features,
+    online_freshness_checks,
+)
 from streamflow_assets.defs.ingestion import ingest_monthly_drop
 from streamflow_assets.defs.model import churn_model, churn_scores
 from streamflow_assets.defs.resources import streamflow_settings
@@ -26,9 +35,10 @@ defs = dg.Definitions(
             churn_scores,
         ],
     ),
+    asset_checks=online_freshness_checks,
     jobs=[monthly_graph],
     schedules=[monthly_schedule],
-    sensors=[new_drop_sensor],
+    sensors=[new_drop_sensor, online_freshness_sensor],
     resources={"streamflow": streamflow_settings()},
     # The work happens inside PostgreSQL; a process per step would cost more than the step
     # (a month of 2,000 users: 32 s with the multiprocess executor, 3 s in process).

@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.feature_store.training import LABEL, read_training_csv, training_path
 from streamflow_assets.model_registry import Candidate, Decision, Registry
-from streamflow_assets.months import as_of, month_of, months_between, partition_key
+from streamflow_assets.months import as_of, month_of, months_between, previous_month
 from streamflow_assets.report import (
     CheckOutcome,
     MissingInputError,
@@ -288,10 +288,6 @@ def fingerprint(output_dir: Path, months: list[str], champion: str) -> str:
                 "min_roc_auc": MIN_ROC_AUC, "model": {k: model[k] for k in HGB_PARAMS}}  # fmt: skip
     digest.update(repr(sorted(settings.items())).encode())
     return digest.hexdigest()[:20]
-
-
-def previous_month(partition: str) -> str:
-    return partition_key(add_months(month_of(partition), -1))
 
 
 def train_month(settings: Settings, partition: str) -> StepResult:

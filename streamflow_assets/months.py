@@ -31,6 +31,10 @@ def partition_key(month: date) -> str:
     return month.strftime("%Y-%m")
 
 
+def previous_month(partition: str) -> str:
+    return partition_key(add_months(month_of(partition), -1))
+
+
 def event_timestamp(partition: str) -> datetime:
     """The timestamptz Feast sees for a month's snapshot rows: as_of at midnight UTC."""
     return datetime.combine(as_of(partition), clock(0), tzinfo=UTC)

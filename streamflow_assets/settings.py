@@ -7,6 +7,8 @@
 - STREAMFLOW_OUTPUT_DIR (data/processed): training CSVs and other outputs
 - STREAMFLOW_FEATURE_REPO: the Feast repository; unset, the one installed with the package
 - STREAMFLOW_MODEL_WINDOW (12): how many months before M the churn model of month M trains on
+- STREAMFLOW_ONLINE_DEADLINE_DAY (5): the day of the next month by which a month must be online
+  (the `online_features` freshness check goes red after it)
 
 Relative paths are taken from the project folder: the nearest folder at or above the working
 directory that holds `workspace.yaml` (else the working directory), so `cd feature_repo && feast
@@ -33,6 +35,7 @@ FIRST_MONTH_VAR = "STREAMFLOW_FIRST_MONTH"
 OUTPUT_DIR_VAR = "STREAMFLOW_OUTPUT_DIR"
 FEATURE_REPO_VAR = "STREAMFLOW_FEATURE_REPO"
 MODEL_WINDOW_VAR = "STREAMFLOW_MODEL_WINDOW"
+ONLINE_DEADLINE_DAY_VAR = "STREAMFLOW_ONLINE_DEADLINE_DAY"
 
 DEFAULTS = {
     DATABASE_URL_VAR: "",
@@ -42,6 +45,7 @@ DEFAULTS = {
     OUTPUT_DIR_VAR: "data/processed",
     FEATURE_REPO_VAR: "",
     MODEL_WINDOW_VAR: "12",
+    ONLINE_DEADLINE_DAY_VAR: "5",
 }
 """Every setting and its default; an empty value means unset."""
 
@@ -68,6 +72,7 @@ class Settings:
     feature_repo: Path | None = None
     """The Feast repository (feature_repo/); None: the one installed with the package."""
     model_window: int = 12
+    online_deadline_day: int = 5
     """How many months before M the churn model of month M trains on."""
 
     @classmethod
@@ -96,6 +101,7 @@ class Settings:
             output_dir=path(OUTPUT_DIR_VAR),
             feature_repo=path(FEATURE_REPO_VAR) if raw(FEATURE_REPO_VAR) else None,
             model_window=parse_window(raw(MODEL_WINDOW_VAR)),
+            online_deadline_day=parse_day(raw(ONLINE_DEADLINE_DAY_VAR)),
         )
 
 
@@ -139,6 +145,14 @@ def parse_month(raw: str, var: str = FIRST_MONTH_VAR) -> date:
     if not match or not 1 <= int(match.group(2)) <= 12:
         raise SettingsError(f"{var} must be a month written YYYY-MM (like 2024-01), got {raw!r}")
     return date(int(match.group(1)), int(match.group(2)), 1)
+
+
+def parse_day(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 28:
+        raise SettingsError(
+            f"{ONLINE_DEADLINE_DAY_VAR} must be a day of the month from 1 to 28, got {raw!r}"
+        )
+    return int(raw)
 
 
 def parse_window(raw: str) -> int:

@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 
 from streamflow_assets.adapters import IncompatibleLibraryError, private_detail, require
+from streamflow_assets.adapters import evidently as evidently_adapter
 from streamflow_assets.adapters import feast as feast_adapter
 from streamflow_assets.adapters import gx as gx_adapter
 from streamflow_assets.adapters import pgserver as pgserver_adapter
@@ -88,6 +89,7 @@ def test_the_settings_resource_shows_the_variables_that_are_set(monkeypatch):
         (feast_adapter, "feast", "0.68.0"),
         (gx_adapter, "great_expectations", "2.0.0"),
         (pgserver_adapter, "pgserver", "0.2.0"),
+        (evidently_adapter, "evidently", "0.8.0"),
     ],
 )
 def test_an_adapter_refuses_a_version_it_was_not_written_for(adapter, distribution, too_new):

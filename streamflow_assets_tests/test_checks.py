@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from streamflow_assets.defs.feature_store import deadline_cron, online_freshness_checks
+from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.feature_store.registry import verify_registry
 from streamflow_assets.feature_store.repo import feature_repo, feature_store
 from streamflow_assets.feature_store.verify import every_user_online, online_matches_offline
 from streamflow_assets.model import verify_scores
-from streamflow_assets.settings import Settings
+from streamflow_assets.monitoring import feature_drift
+from streamflow_assets.settings import Settings, SettingsError
 from streamflow_assets.snapshots import verify_snapshot
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES, USAGE_AGG_30D
 from streamflow_assets_tests.conftest import SEED_USERS, edit_csv, failure_text
@@ -224,3 +229,72 @@ def test_an_online_user_no_month_had_fails_every_user_online(online_january):
     coverage, _ = _online_checks(online_january)
     assert not coverage.passed
     assert "subs_profile_fv: 1 online users no month ever had" in coverage.description
+
+
+def test_feature_drift_names_the_feature_that_moved_and_the_month_completes(new_warehouse):
+    warehouse = new_warehouse()
+    edit_csv(
+        warehouse.drops / "month_001" / "usage_agg_30d.csv",
+        lambda f: f.assign(watch_hours_30d=f.watch_hours_30d.astype(float) * 3),
+    )
+    first = warehouse.materialize("2024-01")
+    assert first.success, failure_text(first)
+    check = evaluations(first)[("training_dataset", "feature_drift")]
+    assert check.passed and "no previous month (2023-12) to compare with" in check.description
+
+    second = warehouse.materialize("2024-02")
+    assert second.success, failure_text(second)  # drift is reported, not blocking
+    check = evaluations(second)[("training_dataset", "feature_drift")]
+    assert not check.passed
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert "watch_hours_30d" in check.description
+    assert check.metadata["drift share"].value > 0
+    report = Path(check.metadata["report"].value)
+    assert report == warehouse.output / "drift" / "2024-02.html"
+    assert "watch_hours_30d" in report.read_text()
+
+
+def test_no_drift_between_a_month_and_itself(tmp_path):
+    table = pa.table(
+        {
+            "user_id": [f"{i:04d}-AAAAA" for i in range(500)],
+            "watch_hours_30d": [float(i % 97) for i in range(500)],
+            "net_service": [("DSL", "Fiber optic", "No")[i % 3] for i in range(500)],
+        }
+    )
+    outcome = feature_drift(table, table, "2024-02", "2024-01", tmp_path)
+    assert outcome.passed, outcome.description
+    assert outcome.metadata["drift share"] == 0
+    assert "no feature drifted since 2024-01 (2 compared)" in outcome.description
+
+
+def test_the_online_deadline_check_is_red_until_the_month_that_ended_is_online():
+    instance = dg.DagsterInstance.ephemeral()
+    online = dg.AssetSpec("online_features", partitions_def=monthly_partitions)
+
+    def evaluate():
+        result = dg.materialize(
+            [online, *online_freshness_checks],
+            instance=instance,
+            selection=dg.AssetSelection.all_asset_checks(),
+        )
+        (check,) = result.get_asset_check_evaluations()
+        return check
+
+    late = evaluate()
+    assert not late.passed
+    assert late.severity == dg.AssetCheckSeverity.WARN
+    assert late.metadata["dagster/freshness_params"].value["deadline_cron"] == "0 0 5 * *"
+    expected = late.description.rsplit("partition ", 1)[1].split(" ")[0]
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("online_features", partition=expected)
+    )
+    assert evaluate().passed
+
+
+def test_the_deadline_day_is_a_setting():
+    assert deadline_cron(Settings.from_env({"STREAMFLOW_ONLINE_DEADLINE_DAY": "12"})) == (
+        "0 0 12 * *"
+    )
+    with pytest.raises(SettingsError, match="STREAMFLOW_ONLINE_DEADLINE_DAY must be a day"):
+        Settings.from_env({"STREAMFLOW_ONLINE_DEADLINE_DAY": "31"})

@@ -13,6 +13,7 @@ import os
 
 import dagster as dg
 
+from streamflow_assets.defs.feature_store import online_freshness_checks
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
 from streamflow_assets.ingestion.drops import DropState
@@ -23,7 +24,8 @@ AUTOMATION_VAR = "STREAMFLOW_AUTOMATION"
 
 monthly_graph = dg.define_asset_job(
     "monthly_graph",
-    selection=dg.AssetSelection.all(),
+    # The freshness check looks at the newest month, not the run's: its sensor evaluates it.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.checks(*online_freshness_checks),
     partitions_def=monthly_partitions,
     description="Every monthly asset for one month: ingestion, snapshots, the Feast registry and "
     "online store, the training CSV, the churn model and its scores.",
@@ -133,3 +135,12 @@ def new_drop_sensor(context: dg.SensorEvaluationContext, streamflow: StreamflowS
         skip_reason="; ".join(reports) or "every complete drop has run",
         cursor=next_cursor,
     )
+
+
+# ---- the online store's deadline ------------------------------------------------------------
+
+online_freshness_sensor = dg.build_sensor_for_freshness_checks(
+    freshness_checks=online_freshness_checks,
+    name="online_freshness_sensor",
+    default_status=default_status(),
+)

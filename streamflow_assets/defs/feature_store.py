@@ -110,3 +110,15 @@ def online_features(context: dg.AssetExecutionContext, streamflow: StreamflowSet
         every_user_online(engine, store, month, window.start, window.end), "online_features"
     )
     yield check_result(online_matches_offline(engine, store, month), "online_features")
+
+
+def deadline_cron(settings: Settings) -> str:
+    """Midnight UTC of STREAMFLOW_ONLINE_DEADLINE_DAY, every month."""
+    return f"0 0 {settings.online_deadline_day} * *"
+
+
+online_freshness_checks = dg.build_time_partition_freshness_checks(
+    assets=[online_features], deadline_cron=deadline_cron(Settings.from_env()), timezone="UTC"
+)
+"""Red when, at the month's deadline (STREAMFLOW_ONLINE_DEADLINE_DAY of the next month), the
+month that ended has not been materialized online; evaluated by `online_freshness_sensor`."""

@@ -24,7 +24,7 @@ def graph_text(defs: dg.Definitions) -> str:
     """Every asset with its group, partitions, dependencies (and how months map), checks and
     automation; then the jobs, schedules and sensors."""
     checks: dict[dg.AssetKey, list[dg.AssetCheckSpec]] = {}
-    for assets in defs.assets or []:
+    for assets in [*(defs.assets or []), *(defs.asset_checks or [])]:
         for check in getattr(assets, "check_specs", []):
             checks.setdefault(check.asset_key, []).append(check)
     lines = []

@@ -8,6 +8,7 @@ from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
 from streamflow_assets.feature_store.repo import feature_store
 from streamflow_assets.feature_store.training import CHECKS, build_training_csv
+from streamflow_assets.monitoring import FEATURE_DRIFT
 from streamflow_assets.table_specs import LABELS
 
 
@@ -17,7 +18,11 @@ from streamflow_assets.table_specs import LABELS
     deps=[feast_registry, LABELS.snapshot.name],
     kinds={"feast", "csv"},
     check_specs=[
-        check_spec(name, "training_dataset", text, blocking=True) for name, text in CHECKS.items()
+        *(
+            check_spec(name, "training_dataset", text, blocking=True)
+            for name, text in CHECKS.items()
+        ),
+        check_spec("feature_drift", "training_dataset", FEATURE_DRIFT, blocking=False),
     ],
 )
 def training_dataset(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):

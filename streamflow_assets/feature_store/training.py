@@ -29,7 +29,8 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.feature_store.fields import NULLABLE_TAG
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.files import atomic_write
-from streamflow_assets.months import as_of, event_timestamp
+from streamflow_assets.monitoring import feature_drift, read_features
+from streamflow_assets.months import as_of, event_timestamp, previous_month
 from streamflow_assets.report import CheckOutcome, StepRefused, StepResult, markdown_table
 from streamflow_assets.sql import copy_out, ident, inline, literal
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
@@ -178,8 +179,16 @@ def build_training_csv(
     path = training_path(output_dir, partition)
     write_csv_atomically(table, path)
     labels = table.column(LABEL)
+    previous = previous_month(partition)
+    drift = feature_drift(
+        table,
+        previous_features(engine, store, output_dir, previous, table.schema),
+        partition,
+        previous,
+        output_dir,
+    )
     return StepResult(
-        outcomes,
+        [*outcomes, drift],
         {
             "path": path,
             "as_of": str(as_of(partition)),
@@ -193,6 +202,24 @@ def build_training_csv(
             ),
         },
     )
+
+
+def previous_features(
+    engine: Engine, store: FeatureStore, output_dir: Path, partition: str, schema: pa.Schema
+) -> pa.Table | None:
+    """A month's training set: its CSV when written, otherwise built from the snapshots when the
+    month is loaded (months run in any order), otherwise None."""
+    path = training_path(output_dir, partition)
+    if path.exists():
+        return read_features(path, schema)
+    with engine.connect() as conn:
+        loaded = conn.execute(
+            sa.text(
+                f"SELECT EXISTS (SELECT 1 FROM {ident(LABELS.snapshot.name)} WHERE as_of = :a)"
+            ),
+            {"a": as_of(partition)},
+        ).scalar_one()
+    return training_table(engine, store, partition) if loaded else None
 
 
 def _check(engine: Engine, store: FeatureStore, table: pa.Table, partition: str):

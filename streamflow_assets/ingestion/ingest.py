@@ -46,9 +46,9 @@ from streamflow_assets.ingestion.validation import (
     user_id_expectations,
     value_expectations,
 )
-from streamflow_assets.months import as_of, month_of, partition_key
+from streamflow_assets.months import as_of, previous_month
 from streamflow_assets.report import MissingInputError, StepRefused
-from streamflow_assets.settings import Settings, add_months
+from streamflow_assets.settings import Settings
 from streamflow_assets.sql import first_rows, ident, table_exists
 from streamflow_assets.table_specs import USERS, TableSpec
 from streamflow_assets.warehouse import (
@@ -103,7 +103,7 @@ def prepare(engine: Engine, specs: Sequence[TableSpec], partition: str) -> None:
 
 
 def _previous_rows(engine: Engine, spec: TableSpec, partition: str) -> int | None:
-    previous = month_table(spec, partition_key(add_months(month_of(partition), -1)))
+    previous = month_table(spec, previous_month(partition))
     with engine.connect() as conn:
         if not table_exists(conn, DROPS_SCHEMA, previous):
             return None
@@ -171,7 +171,7 @@ def check_values(
 def _label_rate(engine: Engine, spec: TableSpec, typed: str, partition: str) -> CheckReport:
     """The month's churn rate beside the previous month's validated drop's."""
     label = ident(spec.label_column)
-    previous = month_table(spec, partition_key(add_months(month_of(partition), -1)))
+    previous = month_table(spec, previous_month(partition))
     with engine.connect() as conn:
         rate = conn.execute(
             sa.text(f"SELECT avg({label}::int)::float8 FROM {ident(STAGING_SCHEMA, typed)}")

@@ -1,0 +1,88 @@
+"""Evidently 0.7: the only module that imports it, with its usage telemetry turned off first.
+
+Public API only (`Report`, `DataDriftPreset`, `Dataset`, `DataDefinition`, the snapshot's
+`dict()` with its tests); the version is checked so that a 0.8 with a new result shape fails
+with a message naming Evidently instead of a KeyError in a month's check.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+
+from streamflow_assets.adapters import private_detail, require
+
+SUPPORTED = ">=0.7.20,<0.8"
+
+# Evidently reports usage through iterative-telemetry unless told not to.
+os.environ.setdefault("ITERATIVE_DO_NOT_TRACK", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    columns: list[ColumnDrift]
+    html: str
+
+    @property
+    def share(self) -> float:
+        return sum(c.drifted for c in self.columns) / len(self.columns) if self.columns else 0.0
+
+
+def check(installed: str | None = None) -> None:
+    """Evidently is a version we know."""
+    require("evidently", SUPPORTED, installed)
+    from evidently.presets import DataDriftPreset
+
+    private_detail("evidently", "presets.DataDriftPreset", DataDriftPreset is not None)
+
+
+def data_drift(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    numerical: list[str],
+    categorical: list[str],
+) -> DriftReport:
+    """Evidently's data drift preset over the given columns (it picks each column's test by its
+    type and the number of rows), with its per-column verdicts and its HTML report."""
+    check()
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    snapshot = Report([DataDriftPreset(columns=numerical + categorical)], include_tests=True).run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
+    verdicts = {}
+    for test in snapshot.dict()["tests"]:
+        params = test["metric_config"]["params"]
+        if params.get("type") == "evidently:metric_v2:ValueDrift":
+            verdicts[params["column"]] = (params, test["status"] == "FAIL")
+    scores = {
+        m["config"]["column"]: m["value"]
+        for m in snapshot.dict()["metrics"]
+        if m["config"].get("type") == "evidently:metric_v2:ValueDrift"
+    }
+    columns = [
+        ColumnDrift(
+            column=name,
+            method=params["method"],
+            score=float(scores[name]),
+            threshold=float(params["threshold"]),
+            drifted=drifted,
+        )
+        for name, (params, drifted) in verdicts.items()
+    ]
+    return DriftReport(columns=columns, html=snapshot.get_html_str(as_iframe=False))
