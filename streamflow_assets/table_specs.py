@@ -30,6 +30,9 @@ class Column:
     """(other column, value): this column is NULL exactly when the other column equals value."""
     not_after_as_of: bool = False
     """A date that cannot lie after the month's as_of (nobody signs up after the snapshot)."""
+    at_most_per: tuple[str, float] | None = None
+    """(other column, amount): the value is at most (other + 1) x amount, e.g. paid to date at
+    most one more month than subscribed, at the highest fee."""
     description: str = ""
 
 
@@ -121,6 +124,7 @@ USERS = TableSpec(
 )
 
 _NET_SERVICE_NO = ("net_service", "No")
+MAX_FEE = 119
 
 SUBSCRIPTIONS = TableSpec(
     name="subscriptions",
@@ -142,10 +146,12 @@ SUBSCRIPTIONS = TableSpec(
         ),
         Column("contract_type", "TEXT", allowed=("Month-to-month", "One year", "Two year")),
         _flag("paperless_billing"),
-        _amount("monthly_fee", min_value=18, max_value=119, description="Monthly fee in USD."),
+        _amount("monthly_fee", min_value=18, max_value=MAX_FEE, description="Monthly fee in USD."),
         _amount(
             "total_paid",
+            max_value=1_000_000,
             nullable=True,
+            at_most_per=("months_active", MAX_FEE * 1.25),
             description="Paid to date in USD, about months_active x monthly_fee; "
             "blank for brand-new subscribers in the real drops.",
         ),
@@ -174,11 +180,11 @@ USAGE_AGG_30D = TableSpec(
     description="Viewing over the last 30 (or 7) days.",
     columns=(
         _user_id(),
-        _amount("watch_hours_30d"),
-        _amount("avg_session_mins_7d"),
-        _count("unique_devices_30d", min_value=1),
-        _count("skips_7d"),
-        _count("rebuffer_events_7d"),
+        _amount("watch_hours_30d", max_value=30 * 24, description="Hours watched in 30 days."),
+        _amount("avg_session_mins_7d", max_value=24 * 60),
+        _count("unique_devices_30d", min_value=1, max_value=100),
+        _count("skips_7d", max_value=10_000),
+        _count("rebuffer_events_7d", max_value=10_000),
     ),
     snapshot=SnapshotSpec("usage_agg_30d_snapshots", feature_view="usage_agg_30d_fv"),
 )
@@ -186,7 +192,7 @@ USAGE_AGG_30D = TableSpec(
 PAYMENTS_AGG_90D = TableSpec(
     name="payments_agg_90d",
     description="Failed payments over the last 90 days.",
-    columns=(_user_id(), _count("failed_payments_90d")),
+    columns=(_user_id(), _count("failed_payments_90d", max_value=90)),
     snapshot=SnapshotSpec("payments_agg_90d_snapshots", feature_view="payments_agg_90d_fv"),
 )
 
@@ -195,8 +201,8 @@ SUPPORT_AGG_90D = TableSpec(
     description="Support tickets over the last 90 days.",
     columns=(
         _user_id(),
-        _count("support_tickets_90d"),
-        _amount("ticket_avg_resolution_hrs_90d"),
+        _count("support_tickets_90d", max_value=1_000),
+        _amount("ticket_avg_resolution_hrs_90d", max_value=90 * 24),
     ),
     snapshot=SnapshotSpec("support_agg_90d_snapshots", feature_view="support_agg_90d_fv"),
 )

@@ -50,10 +50,28 @@ def _break_a_value(lines: list[str]) -> list[str]:
     return lines
 
 
+def _replace_with_link(path: Path, target: Path) -> None:
+    path.unlink()
+    path.symlink_to(target)
+
+
+def _replace_with_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
 BAD_DROPS = {
     "missing file": (
         lambda folder: (folder / "subscriptions.csv").unlink(),
         ["subscriptions.csv is missing"],
+    ),
+    "a symbolic link to a device": (
+        lambda folder: _replace_with_link(folder / "subscriptions.csv", Path("/dev/zero")),
+        ["subscriptions.csv is not a regular file (a symbolic link to /dev/zero, a character"],
+    ),
+    "a directory": (
+        lambda folder: _replace_with_directory(folder / "labels.csv"),
+        ["labels.csv is not a regular file (a directory)"],
     ),
     "missing column": (
         edit("subscriptions", lambda f: f.drop(columns=["contract_type"])),
@@ -98,6 +116,18 @@ BAD_DROPS = {
     "signup after the month's as_of": (
         set_value("users", "signup_date", "2024-03-01"),
         ["users.csv", "[allowed_values]", "signup_date: not after the month's as_of (2024-02-29)"],
+    ),
+    "implausibly large amount": (
+        set_value("subscriptions", "total_paid", "99999999999999999999"),
+        ["subscriptions.csv", "total_paid: 0 ≤ value ≤ 1e+06"],
+    ),
+    "paid more than months subscribed allow": (
+        set_value("subscriptions", "total_paid", "999999"),
+        ["subscriptions.csv", "total_paid: at most (months_active + 1) x 148.75"],
+    ),
+    "more watch hours than the month has": (
+        set_value("usage_agg_30d", "watch_hours_30d", "721"),
+        ["usage_agg_30d.csv", "watch_hours_30d: 0 ≤ value ≤ 720"],
     ),
     "negative count": (
         set_value("usage_agg_30d", "skips_7d", "-1"),

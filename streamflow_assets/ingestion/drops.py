@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,23 @@ class DropFile:
     """Lines after the header: the rows COPY must stage."""
 
 
+def _kind(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return "a broken symbolic link"
+    target = f"a symbolic link to {path.resolve()}, " if path.is_symlink() else ""
+    mode = path.stat().st_mode
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return target + name
+    return target + "not a regular file"
+
+
 def open_drop_file(settings: Settings, spec: TableSpec, partition: str) -> DropFile:
     folder = drop_folder(settings, partition)
     if not folder.is_dir():
@@ -43,6 +61,10 @@ def open_drop_file(settings: Settings, spec: TableSpec, partition: str) -> DropF
         )
     path = folder / spec.file_name
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise DropError(
+                f"{path} is not a regular file ({_kind(path)}): a drop file must be a CSV file"
+            )
         raise DropError(f"{path} is missing: a month's drop has {', '.join(DROP_FILES)}")
     with open(path, "rb") as f:
         first = f.readline()
@@ -121,11 +143,11 @@ class DropState:
         stamps, missing = {}, []
         for name in DROP_FILES:
             try:
-                stat = (folder / name).stat()
+                info = (folder / name).stat()
             except FileNotFoundError:
                 missing.append(name)
                 continue
-            stamps[name] = [stat.st_size, stat.st_mtime_ns]
+            stamps[name] = [info.st_size, info.st_mtime_ns]
         return cls(folder, tuple(missing), stamps)
 
     @property

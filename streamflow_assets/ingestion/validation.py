@@ -417,6 +417,16 @@ def value_expectations(spec: TableSpec, as_of: date | None = None) -> list:
                     description=f"{col.name}: not after the month's as_of ({as_of})",
                 )
             )
+        if col.at_most_per:
+            other, amount = col.at_most_per
+            expectations.append(
+                UnexpectedRowCount(
+                    unexpected_rows_query=f"""
+                        SELECT user_id, {ident(col.name)}, {ident(other)} FROM {{batch}}
+                        WHERE {ident(col.name)} > ({ident(other)} + 1) * {literal(amount)}""",
+                    description=f"{col.name}: at most ({other} + 1) x {amount:g}",
+                )
+            )
         if col.null_exactly_when:
             other, value = col.null_exactly_when
             expectations.append(
