@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterable, Iterator, Sequence
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Generic, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -19,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from streamflow_assets.report import Markdown, markdown_table
 
 COPY_CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 def ident(*parts: str) -> str:
@@ -102,6 +109,56 @@ def replace_table(
                 f"ALTER TABLE {ident(schema, name)} RENAME CONSTRAINT {ident(old)} TO {ident(new)}"
             )
         )
+
+
+LOCK_TIMEOUT = timedelta(milliseconds=100)
+"""How long a swap waits for its tables' locks per attempt: well under PostgreSQL's
+deadlock_timeout (1 s), so a reader caught between two of the swap's tables makes the swap give
+way, instead of the deadlock detector cancelling the reader."""
+
+
+@dataclass(frozen=True)
+class Swapped(Generic[T]):
+    result: T
+    attempts: int
+    seconds_waiting: float
+
+
+def swap_with_retries(
+    engine: Engine,
+    work: Callable[[Connection], T],
+    *,
+    what: str,
+    lock_timeout: timedelta = LOCK_TIMEOUT,
+    give_up_after: timedelta = timedelta(minutes=10),
+) -> Swapped[T]:
+    """Run `work` in one transaction whose lock waits are bounded by `lock_timeout`; when a lock
+    is not granted in time, roll back, back off and try again, for up to `give_up_after`.
+
+    An exclusive lock request queues every later reader behind it: a long reader would stall
+    them all for as long as it runs. Waiting briefly, then letting go, lets readers through
+    meanwhile — a long reader delays the swap but never wedges the tables."""
+    started = time.monotonic()
+    for attempt in itertools.count(1):
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_ms(lock_timeout)}ms'"))
+                result = work(conn)
+            return Swapped(result, attempt, round(time.monotonic() - started, 3))
+        except sa.exc.OperationalError as exc:
+            if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+                raise
+            if time.monotonic() - started > give_up_after.total_seconds():
+                raise TimeoutError(
+                    f"{what}: readers kept the tables locked for {give_up_after} "
+                    f"({attempt} attempts)"
+                ) from None
+            time.sleep(min(0.05 * 2**attempt, 2.0) * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
 
 
 def table_exists(conn: Connection, schema: str, name: str) -> bool:

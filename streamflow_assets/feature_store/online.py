@@ -14,13 +14,10 @@ transaction, so readers keep reading the old month until that moment and never s
 
 from __future__ import annotations
 
-import itertools
-import random
 import re
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 
-import psycopg
 import sqlalchemy as sa
 from feast import FeatureView
 from feast.repo_config import RepoConfig
@@ -32,7 +29,7 @@ from streamflow_assets.adapters.feast import (
     online_table_name,
     value_field_number,
 )
-from streamflow_assets.sql import ident, literal, replace_table, table_exists
+from streamflow_assets.sql import ident, literal, replace_table, swap_with_retries, table_exists
 from streamflow_assets.warehouse import STAGING_SCHEMA
 
 _ON_TABLE = re.compile(r" ON \S+ USING ")
@@ -215,62 +212,35 @@ def drop_staged(engine: Engine, tables: list[tuple[str, str]]) -> list[str]:
     return dropped
 
 
-def publish(
-    engine: Engine,
-    tables: list[tuple[str, str]],
-    month: str,
-    *,
-    lock_timeout: timedelta = timedelta(milliseconds=100),
-    give_up_after: timedelta = timedelta(minutes=10),
-) -> dict:
+def publish(engine: Engine, tables: list[tuple[str, str]], month: str) -> dict:
     """Swap every staged online table in, and record the month as published, in one
     transaction: a reader sees every feature view of the old month or every one of the new,
-    never a mix, whatever happens to this process meanwhile.
+    never a mix, whatever happens to this process meanwhile. The locks are taken first, in the
+    callers' order (the order Feast's batched read takes them), with a short lock timeout and
+    retries (`sql.swap_with_retries`)."""
 
-    The swap needs each table's exclusive lock; a long reader would make it wait, and every
-    reader queued behind it with it. So each attempt waits at most `lock_timeout` for its locks,
-    then lets go, backs off and tries again (readers run meanwhile), for up to `give_up_after`.
-    The timeout is well under PostgreSQL's deadlock_timeout (1 s): a reader that holds one view's
-    table and waits for another the swap already holds makes the swap give way, instead of the
-    deadlock detector failing the reader."""
-    started = time.monotonic()
-    for attempt in itertools.count(1):
-        try:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_ms(lock_timeout)}ms'"))
-                # Every lock first, in the callers' order (the order readers take them).
-                live = ", ".join(ident(schema, table) for schema, table in tables)
-                conn.execute(sa.text(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE"))
-                for schema, table in tables:
-                    replace_table(conn, (STAGING_SCHEMA, table), (schema, table))
-                record_published(conn, month)
-            return {
-                "swap attempts": attempt,
-                "seconds waiting for readers": round(time.monotonic() - started, 2),
-            }
-        except sa.exc.OperationalError as exc:
-            if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
-                raise
-            if time.monotonic() - started > give_up_after.total_seconds():
-                raise TimeoutError(
-                    f"could not publish {month} online in {give_up_after}: readers kept the "
-                    f"online tables locked ({attempt} attempts)"
-                ) from None
-            time.sleep(min(0.05 * 2**attempt, 2.0) * random.uniform(0.5, 1.0))
-    raise AssertionError("unreachable")
+    def swap(conn: Connection) -> None:
+        live = ", ".join(ident(schema, table) for schema, table in tables)
+        conn.execute(sa.text(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE"))
+        for schema, table in tables:
+            replace_table(conn, (STAGING_SCHEMA, table), (schema, table))
+        record_published(conn, month)
+
+    swapped = swap_with_retries(engine, swap, what=f"publishing {month} online")
+    return {
+        "swap attempts": swapped.attempts,
+        "seconds waiting for readers": swapped.seconds_waiting,
+    }
 
 
-def _ms(delta: timedelta) -> int:
-    return int(delta.total_seconds() * 1000)
-
-
-PUBLISHED = ("public", "online_months")
+PUBLISHED = ("streamflow_meta", "online_months")
 """One row per month published online: what the online store serves is the newest of them."""
 
 
 def ensure_published_table(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('streamflow:ddl'))"))
+        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(PUBLISHED[0])}"))
         conn.execute(
             sa.text(
                 f"CREATE TABLE IF NOT EXISTS {ident(*PUBLISHED)} ("

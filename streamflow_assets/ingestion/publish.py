@@ -19,7 +19,7 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from streamflow_assets.sql import advisory_lock, ident, replace_table
+from streamflow_assets.sql import advisory_lock, ident, replace_table, swap_with_retries
 from streamflow_assets.table_specs import TableSpec
 from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA, month_table
 
@@ -135,9 +135,12 @@ def publish_drop(
                 built = list(
                     pool.map(lambda item: _build_next(engine, item[0], item[1], as_of), staged)
                 )
-            with engine.begin() as conn:
+
+            def swap(conn: sa.Connection) -> None:
                 for spec, typed in staged:
                     _swap(conn, spec, typed, month_table(spec, partition))
+
+            swap_with_retries(engine, swap, what=f"publishing {partition}")
         except BaseException:
             with engine.begin() as conn:
                 for _, typed in staged:
