@@ -200,3 +200,34 @@ def test_no_generated_input_gets_a_server_error(served):
             case.call_and_validate()
 
         check()
+
+
+def test_a_body_over_the_limit_is_413_and_not_read(api):
+    response = api.post(
+        "/features",
+        content=b'{"user_ids": ["' + b"A" * 50_000_000 + b'"]}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body larger than 65,536 bytes"}
+
+
+def test_a_chunked_body_over_the_limit_is_413(api):
+    def chunks():
+        yield b'{"user_ids": ["'
+        for _ in range(100):
+            yield b"A" * 1024
+        yield b'"]}'
+
+    response = api.post("/features", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_a_422_quotes_only_a_prefix_of_a_huge_value(api):
+    huge = "7" * 60_000  # under the body limit, far over any user_id
+    response = api.post("/predict", json={"user_id": huge})
+    assert response.status_code == 422
+    assert len(response.content) < 1_000
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "user_id"]
+    assert error["input"] == "7" * 40 + "... (60,000 characters)"

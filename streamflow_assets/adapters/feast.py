@@ -40,6 +40,7 @@ __all__ = [
     "Value",
     "ValueType",
     "apply_plan",
+    "batched_read_rows",
     "entity_key_prefix",
     "online_table_name",
     "parse_repo",
@@ -60,6 +61,14 @@ def check(installed: str | None = None) -> None:
         "feast",
         "feast.infra.online_stores.helpers.compute_table_id(project, table)",
         hasattr(_online_helpers, "compute_table_id"),
+    )
+    from feast.infra.online_stores.postgres_online_store import postgres
+
+    private_detail(
+        "feast",
+        "PostgreSQLOnlineStore reads every view in one statement up to MAX_BATCHED_RESULT_ROWS",
+        hasattr(postgres, "MAX_BATCHED_RESULT_ROWS")
+        and hasattr(postgres.PostgreSQLOnlineStore, "_construct_batched_query_and_params"),
     )
     params = list(inspect.signature(serialize_entity_key).parameters)
     private_detail(
@@ -84,6 +93,15 @@ def entity_key_prefix(join_key: str) -> bytes:
         EntityKey(join_keys=[join_key], entity_values=[Value(string_val="")]), ENTITY_KEY_VERSION
     )
     return empty[:-4]
+
+
+def batched_read_rows(config: RepoConfig) -> int:
+    """How many result rows (entity rows x feature views) Feast's PostgreSQL online store reads
+    in one statement, one snapshot of every view; beyond it, one statement per view."""
+    from feast.infra.online_stores.postgres_online_store import postgres
+
+    default = postgres.MAX_BATCHED_RESULT_ROWS
+    return int(getattr(config.online_store, "max_batched_result_rows", default))
 
 
 def online_table_name(config: RepoConfig, view: FeatureView) -> str:

@@ -18,18 +18,20 @@ from typing import Annotated
 
 from fastapi import Body, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from feast import FeatureService, FeatureStore
 from feast.errors import FeatureServiceNotFoundException
 from pydantic import BaseModel, Field, StringConstraints
 
-from streamflow_assets.adapters.feast import type_checks_off
+from streamflow_assets.adapters.feast import batched_read_rows, type_checks_off
 from streamflow_assets.db import get_engine
 from streamflow_assets.feature_store.online import published_months
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.model import LoadedModel
 from streamflow_assets.model import load as load_model
 from streamflow_assets.model_registry import CHAMPION, MODEL_NAME, Registry, RegistryError
+from streamflow_assets.serving.limits import BodyLimit, validation_error
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import USER_ID_PATTERN
 
@@ -125,15 +127,28 @@ class Online:
             if p.name not in on_demand
             for f in p.features
         }
+        self.batched_rows = batched_read_rows(store.config)
 
     async def read(self, user_ids: list[str]) -> tuple[list[dict], list[str]]:
         """Each known user's body (the UserFeatures shape, dates as ISO strings), and the
         user_ids the online store does not hold."""
-        response = await self.store.get_online_features_async(
-            features=self.service, entity_rows=[{"user_id": u} for u in user_ids]
-        )
-        columns = response.to_dict(include_event_timestamps=True)
-        found, unknown = [], []
+        found: list[dict] = []
+        unknown: list[str] = []
+        # Feast reads every view of a request in one statement (one snapshot: all of a user's
+        # views from the same published month) only up to a number of result rows; beyond it,
+        # one statement per view. Larger requests are read in chunks that stay under it.
+        chunk = max(1, self.batched_rows // max(len(set(self.view_of.values())), 1))
+        for i in range(0, len(user_ids), chunk):
+            part = user_ids[i : i + chunk]
+            response = await self.store.get_online_features_async(
+                features=self.service, entity_rows=[{"user_id": u} for u in part]
+            )
+            self._collect(part, response.to_dict(include_event_timestamps=True), found, unknown)
+        return found, unknown
+
+    def _collect(
+        self, user_ids: list[str], columns: dict, found: list[dict], unknown: list[str]
+    ) -> None:
         for i, user_id in enumerate(user_ids):
             views: dict[str, str] = {}
             for feature, view in self.view_of.items():
@@ -152,7 +167,6 @@ class Online:
                     "features": features,
                 }
             )
-        return found, unknown
 
 
 class NotReady(RuntimeError):
@@ -242,6 +256,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "store: the same feature service the training CSVs come from.",
         lifespan=lifespan,
     )
+
+    app.add_middleware(BodyLimit)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady):
