@@ -19,6 +19,7 @@ from streamflow_assets.settings import (
     SettingsError,
     parse_month,
 )
+from streamflow_assets.warehouse import staging_leftovers
 
 SAMPLE_USERS = 7_000
 SAMPLE_MONTHS = 3
@@ -121,7 +122,19 @@ def db_status() -> None:
         click.echo(f"embedded PostgreSQL under {settings.home}: {state}")
         if info is None:
             return
-    click.echo(f"{_server(get_engine(settings))} answers")
+    engine = get_engine(settings)
+    click.echo(f"{_server(engine)} answers")
+    leftovers = staging_leftovers(engine)
+    if leftovers:
+        total = sum(size for *_, size in leftovers)
+        click.echo(
+            f"staging: {len(leftovers)} tables, {total / 2**20:,.1f} MB (a live run's work, or "
+            "what a killed run left: the next run of any month removes the latter)"
+        )
+        for name, month, size in leftovers:
+            click.echo(f"  {name}  {month or '-'}  {size / 2**20:,.1f} MB")
+    else:
+        click.echo("staging: empty")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -390,13 +403,30 @@ def _show_results(settings: Settings, partitions: list[str]) -> None:
         )
 
 
+INSTANCE_CONFIG = """\
+# Written by streamflow: default storage (SQLite in this folder).
+# A run whose process died is marked failed: those of `streamflow run` by its next run, those
+# launched by the UI or the daemon by run monitoring (the daemon; `dagster dev` runs one).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_runtime_seconds: 14400
+  poll_interval_seconds: 60
+# No telemetry from a data platform's runs.
+telemetry:
+  enabled: false
+"""
+
+
 def _dagster_home(settings: Settings) -> Path:
     home = settings.home / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    # Written when missing, or still the one an earlier version wrote; never over a user's own.
+    if not config.exists() or config.read_text() == "telemetry:\n  enabled: false\n":
         # Default storage (SQLite in this folder); no telemetry from a data platform's runs.
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text(INSTANCE_CONFIG)
     return home
 
 

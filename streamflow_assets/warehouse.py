@@ -111,6 +111,66 @@ def drop_stale_staging(engine: Engine, base: str, partition: str) -> int:
     return len(stale)
 
 
+_STAGED_MONTH = re.compile(r"_(\d{4})_(\d{2})_[a-z]+_[0-9a-f]{8}(_next)?$")
+STAGING_OWNERS = ("ingestion", "snapshots")
+"""The steps that stage tables of a month, each under its `partition_lock`."""
+
+
+def staging_leftovers(engine: Engine) -> list[tuple[str, str | None, int]]:
+    """(table, month or None, bytes) of every table in the staging schema."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = :schema AND c.relkind IN ('r', 'p') ORDER BY 1"
+            ),
+            {"schema": STAGING_SCHEMA},
+        ).all()
+    out = []
+    for name, size in rows:
+        match = _STAGED_MONTH.search(name)
+        out.append((name, f"{match[1]}-{match[2]}" if match else None, int(size)))
+    return out
+
+
+def drop_abandoned_staging(engine: Engine) -> list[str]:
+    """Drop the staging tables of any month no live run is working on: for each month with
+    leftovers, take (without waiting) the locks of every step that stages that month's tables;
+    holding them, no run of it is alive, so what it staged is a dead run's. The tables dropped.
+
+    Online tables staged by a killed `online_features` are dropped by its next run (under the
+    online store's lock); tables that name no month are left alone."""
+    months = sorted({month for _, month, _ in staging_leftovers(engine) if month})
+    dropped = []
+    for month in months:
+        keys = [f"streamflow:{owner}:{month}" for owner in STAGING_OWNERS]
+        with engine.connect() as conn:
+            held = [
+                key
+                for key in keys
+                if conn.execute(
+                    sa.text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"), {"k": key}
+                ).scalar_one()
+            ]
+            try:
+                if len(held) == len(keys):
+                    for name, leftover_month, _ in staging_leftovers(engine):
+                        if leftover_month == month:
+                            conn.execute(
+                                sa.text(f"DROP TABLE IF EXISTS {ident(STAGING_SCHEMA, name)}")
+                            )
+                            dropped.append(name)
+                    conn.commit()
+            finally:
+                for key in held:
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": key}
+                    )
+                conn.commit()
+    return dropped
+
+
 def partition_lock(engine: Engine, asset: str, partition: str):
     """The writer lock of one asset partition: two runs of it never interleave their writes."""
     return advisory_lock(engine, f"{asset}:{partition}")

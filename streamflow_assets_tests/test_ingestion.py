@@ -13,14 +13,16 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from streamflow_assets.db import libpq_url
 from streamflow_assets.definitions import defs
 from streamflow_assets.generator import generate_drops
 from streamflow_assets.months import partitions_in_drops
+from streamflow_assets.runs import fail_dead_runs
 from streamflow_assets.settings import DropFolderError, Settings
 from streamflow_assets.table_specs import SNAPSHOT_TABLES, TABLES
-from streamflow_assets.warehouse import STAGING_SCHEMA
+from streamflow_assets.warehouse import STAGING_SCHEMA, partition_lock, staging_leftovers
 from streamflow_assets_tests.conftest import failure_text, materialization, read_month
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -263,6 +265,59 @@ def test_a_killed_run_leaves_the_previous_state(new_warehouse, tmp_path):
     result = warehouse.materialize("2024-02")
     assert result.success, failure_text(result)
     assert warehouse.frame(staging)["n"][0] == 0, "the next run cleared what the killed one left"
+
+
+def test_a_killed_streamflow_run_is_marked_failed_by_the_next(new_warehouse, tmp_path):
+    warehouse = new_warehouse()
+    big = tmp_path / "big"
+    generate_drops(big, users=60_000, months=1, seed=5)
+    for folder in ("month_000", "month_001", "month_002"):
+        shutil.rmtree(warehouse.drops / folder)
+    shutil.copytree(big / "month_000", warehouse.drops / "month_000")
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "streamflow_assets.cli", "run"],
+        env=env,
+        cwd=warehouse.drops.parent,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    staging = "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'streamflow_staging'"
+    deadline = time.monotonic() + 180
+    while warehouse.frame(staging)["n"][0] == 0:  # wait until the run is writing
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended too soon"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    (killed,) = instance.get_runs()
+    assert killed.status == dg.DagsterRunStatus.STARTED  # what Dagster alone would show forever
+    assert fail_dead_runs(instance) == [killed.run_id]
+    assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert fail_dead_runs(instance) == []
+
+
+def test_a_run_of_any_month_clears_what_a_dead_run_of_another_left(new_warehouse):
+    warehouse = new_warehouse()
+    warehouse.load("2024-01", selection=dg.AssetSelection.groups("ingestion"))
+    dead = "users_2024_03_typed_0123abcd"
+    alive = "users_2024_02_typed_4567cdef"
+    with warehouse.engine.begin() as conn:
+        for name in (dead, alive):
+            conn.execute(sa.text(f'CREATE TABLE "{STAGING_SCHEMA}"."{name}" AS SELECT 1 AS x'))
+    # A run of 2024-02 is alive: it holds the month's ingestion lock.
+    with partition_lock(warehouse.engine, "ingestion", "2024-02"):
+        assert {t for t, *_ in staging_leftovers(warehouse.engine)} == {dead, alive}
+        result = warehouse.materialize("2024-01", dg.AssetSelection.groups("ingestion"))
+        assert result.success, failure_text(result)
+        assert [t for t, *_ in staging_leftovers(warehouse.engine)] == [alive]
+    result = warehouse.materialize("2024-01", dg.AssetSelection.groups("ingestion"))
+    assert result.success, failure_text(result)
+    assert staging_leftovers(warehouse.engine) == []
 
 
 def _without_staging(state: dict) -> dict:

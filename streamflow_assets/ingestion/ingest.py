@@ -54,6 +54,7 @@ from streamflow_assets.table_specs import USERS, TableSpec
 from streamflow_assets.warehouse import (
     DROPS_SCHEMA,
     STAGING_SCHEMA,
+    drop_abandoned_staging,
     drop_stale_staging,
     ensure_tables,
     live_table_ddl,
@@ -96,10 +97,12 @@ class StagedFile:
 
 def prepare(engine: Engine, specs: Sequence[TableSpec], partition: str) -> None:
     """The live tables exist; staging left by killed runs of this month is gone (the caller
-    holds the month's lock)."""
+    holds the month's lock), and so is that of any other month no live run is working on."""
     ensure_tables(engine, *(live_table_ddl(spec) for spec in specs))
     for spec in specs:
         drop_stale_staging(engine, spec.name, partition)
+    # And what dead runs of other months left, when no run of those months is alive.
+    drop_abandoned_staging(engine)
 
 
 def _previous_rows(engine: Engine, spec: TableSpec, partition: str) -> int | None:
