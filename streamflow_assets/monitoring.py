@@ -23,7 +23,7 @@ FEATURE_DRIFT = (
     "Evidently's data drift preset (a warning: drift is reported, the month completes); the "
     "share of drifted features, each drifted one's test and score, and the HTML report."
 )
-SAMPLE_ROWS = 100_000
+SAMPLE_ROWS = 50_000
 """Rows of each month compared: enough for every test Evidently picks, fast at 10M users."""
 NOT_FEATURES = {"user_id", "event_timestamp", "churn_label"}
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 import sqlalchemy as sa
 from feast.infra.utils.postgres.connection_utils import _get_conn
@@ -44,3 +48,43 @@ def test_the_registry_url_reaches_the_settings_database_in_its_own_schema(settin
     registry.dispose()
     assert database == database_url.database
     assert path == "feast_registry"
+
+
+WAIT_FOR_LOCK = """
+import sys
+import sqlalchemy as sa
+from streamflow_assets.db import get_engine
+from streamflow_assets.settings import Settings
+
+with get_engine(Settings.from_env()).begin() as conn:
+    print(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar(), flush=True)
+    conn.execute(sa.text("LOCK TABLE held IN ACCESS EXCLUSIVE MODE"))
+"""
+
+
+def test_a_killed_client_waiting_for_a_lock_ends_its_session_within_seconds(settings):
+    engine = get_engine(settings)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS held"))
+        conn.execute(sa.text("CREATE TABLE held (x int)"))
+    with engine.connect() as reader:
+        reader.execute(sa.text("SELECT count(*) FROM held"))  # holds its lock until rollback
+        client = subprocess.Popen(
+            [sys.executable, "-c", WAIT_FOR_LOCK], stdout=subprocess.PIPE, text=True
+        )
+        backend = int(client.stdout.readline())
+        with engine.connect() as watch:
+            waiting = sa.text(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p"
+            ).bindparams(p=backend)
+            deadline = time.monotonic() + 30
+            while watch.execute(waiting).scalar() != "Lock":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            client.kill()
+            client.wait()
+            killed = time.monotonic()
+            while watch.execute(waiting).scalar() is not None:
+                assert time.monotonic() - killed < 10, "the dead client's session lingers"
+                time.sleep(0.05)
+        reader.rollback()

@@ -55,6 +55,14 @@ def training_table(
     service = store.get_feature_service(FEATURE_SERVICE)
     ts = event_timestamp(partition)
     selects, joins, types = [], [], {}
+
+    def only(column: str, prefix: str = "") -> str:
+        """The filter to `users`, applied inside each view's subquery too (a DISTINCT ON does
+        not let PostgreSQL push the join's filter down)."""
+        if users is None:
+            return ""
+        return f" AND {prefix}{ident(column)} IN ({', '.join(map(literal, users))})"
+
     params: dict = {"ts": ts, "as_of": as_of(partition)}
     for i, projection in enumerate(_view_projections(store, service)):
         view = store.get_feature_view(projection.name)
@@ -74,7 +82,7 @@ def training_table(
         joins.append(
             f"LEFT JOIN (SELECT DISTINCT ON ({ident(join_key)}) {ident(join_key)} AS k, "
             f"{columns} FROM {view.batch_source.get_table_query_string()} "
-            f"WHERE {source_ts} <= :ts AND {source_ts} >= :{alias}_from{prune} "
+            f"WHERE {source_ts} <= :ts AND {source_ts} >= :{alias}_from{prune}{only(join_key)} "
             f"ORDER BY {ident(join_key)}, {source_ts} DESC) {alias} ON {alias}.k = e.user_id"
         )
         selects += [f"{alias}.{ident(n)}" for n in names]
@@ -83,7 +91,7 @@ def training_table(
     query = (
         f"SELECT e.user_id, {', '.join(selects)}, e.{ident(LABEL)} "
         f"FROM {labels} e {' '.join(joins)} WHERE e.as_of = :as_of"
-        + (f" AND e.user_id IN ({', '.join(map(literal, users))})" if users is not None else "")
+        + only("user_id", "e.")
         + " ORDER BY e.user_id"
     )
     table = _copy_out(engine, query, params, {"user_id": pa.string(), **types, LABEL: pa.bool_()})

@@ -25,7 +25,7 @@ from streamflow_assets.feature_store.training import training_table
 from streamflow_assets.months import as_of, partition_key
 from streamflow_assets.report import CheckOutcome, markdown_table
 from streamflow_assets.sql import ident
-from streamflow_assets.table_specs import LABELS
+from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
 
 EVERY_USER_ONLINE = (
     "Every user of the month's snapshots is online in every feature view with an event time at or "
@@ -113,10 +113,13 @@ def _view_coverage(
             ),
             params,
         ).one()
+        # Every user any month had is in the live table (one row per user, whatever the
+        # number of months), so this does not grow with history.
         unknown = conn.execute(
             sa.text(
                 f"SELECT count(*) FROM ({online}) o WHERE NOT EXISTS (SELECT 1 FROM "
-                f"{source.get_table_query_string()} s WHERE s.{ident(join_key)} = o.k)"
+                f"{ident(_live_table(source.get_table_query_string()))} s "
+                f"WHERE s.{ident(join_key)} = o.k)"
             ),
             params,
         ).scalar_one()
@@ -132,6 +135,11 @@ def _view_coverage(
     }
 
 
+def _live_table(source: str) -> str:
+    """The live table a snapshot table is taken from (any other source is its own)."""
+    return next((t.name for t in SNAPSHOT_TABLES if t.snapshot.name == source), source)
+
+
 def online_matches_offline(
     engine: Engine, store: FeatureStore, partition: str, sample_size: int = SAMPLE_SIZE
 ) -> CheckOutcome:
@@ -140,7 +148,7 @@ def online_matches_offline(
             conn.execute(
                 sa.text(
                     f"SELECT user_id FROM {ident(LABELS.snapshot.name)} WHERE as_of = :as_of "
-                    "ORDER BY md5(user_id || :seed) LIMIT :n"
+                    "ORDER BY hashtext(user_id || :seed), user_id LIMIT :n"
                 ),
                 {"as_of": as_of(partition), "seed": partition, "n": sample_size},
             ).scalars()
