@@ -385,6 +385,7 @@ def value_expectations(spec: TableSpec, as_of: date | None = None) -> list:
     for col in spec.columns:
         if col.name == "user_id":
             continue
+        c = ident(col.name)
         if not col.nullable:
             expectations.append(
                 gxe.ExpectColumnValuesToNotBeNull(column=col.name, description="has a value")
@@ -410,35 +411,42 @@ def value_expectations(spec: TableSpec, as_of: date | None = None) -> list:
             )
         if col.not_after_as_of and as_of is not None:
             expectations.append(
-                UnexpectedRowCount(
-                    unexpected_rows_query=f"""
-                        SELECT user_id, {ident(col.name)} FROM {{batch}}
-                        WHERE {ident(col.name)} > {literal(as_of)}""",
-                    description=f"{col.name}: not after the month's as_of ({as_of})",
+                _rows_where(
+                    col.name,
+                    f"{c} > {literal(as_of)}",
+                    f"not after the month's as_of ({as_of})",
                 )
             )
         if col.at_most_per:
             other, amount = col.at_most_per
             expectations.append(
-                UnexpectedRowCount(
-                    unexpected_rows_query=f"""
-                        SELECT user_id, {ident(col.name)}, {ident(other)} FROM {{batch}}
-                        WHERE {ident(col.name)} > ({ident(other)} + 1) * {literal(amount)}""",
-                    description=f"{col.name}: at most ({other} + 1) x {amount:g}",
+                _rows_where(
+                    col.name,
+                    f"{c} > ({ident(other)} + 1) * {literal(amount)}",
+                    f"at most ({other} + 1) x {amount:g}",
+                    other,
                 )
             )
         if col.null_exactly_when:
             other, value = col.null_exactly_when
             expectations.append(
-                UnexpectedRowCount(
-                    unexpected_rows_query=f"""
-                        SELECT user_id, {ident(col.name)}, {ident(other)} FROM {{batch}}
-                        WHERE ({ident(col.name)} IS NULL)
-                              <> ({ident(other)} IS NOT DISTINCT FROM {literal(value)})""",
-                    description=f"{col.name}: NULL exactly when {other} is {value}",
+                _rows_where(
+                    col.name,
+                    f"({c} IS NULL) <> ({ident(other)} IS NOT DISTINCT FROM {literal(value)})",
+                    f"NULL exactly when {other} is {value}",
+                    other,
                 )
             )
     return expectations
+
+
+def _rows_where(column: str, where: str, rule: str, *shown: str) -> UnexpectedRowCount:
+    """A rule on a column's rows: those matching `where` break it (shown with `shown`'s values)."""
+    columns = ", ".join(ident(name) for name in (column, *shown))
+    return UnexpectedRowCount(
+        unexpected_rows_query=f"SELECT user_id, {columns} FROM {{batch}} WHERE {where}",
+        description=f"{column}: {rule}",
+    )
 
 
 def coverage_expectations(users_month_table: tuple[str, str]) -> list:
