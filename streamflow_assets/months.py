@@ -35,6 +35,16 @@ def previous_month(partition: str) -> str:
     return partition_key(add_months(month_of(partition), -1))
 
 
+def time_window(partition: str) -> tuple[datetime, datetime]:
+    """[first instant of the month, first instant of the next), UTC: the partition's window."""
+    start = month_of(partition)
+    end = add_months(start, 1)
+    return (
+        datetime.combine(start, clock(0), tzinfo=UTC),
+        datetime.combine(end, clock(0), tzinfo=UTC),
+    )
+
+
 def event_timestamp(partition: str) -> datetime:
     """The timestamptz Feast sees for a month's snapshot rows: as_of at midnight UTC."""
     return datetime.combine(as_of(partition), clock(0), tzinfo=UTC)

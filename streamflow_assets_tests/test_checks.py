@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -168,9 +167,8 @@ def online_january(new_warehouse, january):
 
 def _online_checks(warehouse):
     store = feature_store(Settings.from_env())
-    start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC)
     return (
-        every_user_online(warehouse.engine, store, "2024-01", start, end),
+        every_user_online(warehouse.engine, store, "2024-01"),
         online_matches_offline(warehouse.engine, store, "2024-01", sample_size=SEED_USERS),
     )
 

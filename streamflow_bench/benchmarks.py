@@ -30,9 +30,9 @@ from streamflow_assets.generator import generate_drops
 from streamflow_assets.months import (
     as_of,
     event_timestamp,
-    month_of,
     partition_key,
     previous_month,
+    time_window,
 )
 from streamflow_assets.runs import materialize_month
 from streamflow_assets.settings import Settings, add_months
@@ -254,8 +254,7 @@ def _timed_month(partition: str, selection: dg.AssetSelection) -> float:
 
 def _feast_materialize(store, partition: str) -> float:
     """Feast's default path: `FeatureStore.materialize` over the partition's window."""
-    start = event_timestamp(partition).replace(day=1)
-    end = event_timestamp(partition_key(add_months(month_of(partition), 1))).replace(day=1)
+    start, end = time_window(partition)
     started = time.perf_counter()
     store.materialize(start_date=start, end_date=end)
     return time.perf_counter() - started
@@ -288,11 +287,9 @@ def _timed_online_checks(partition: str) -> float:
 
     settings = Settings.from_env()
     engine, store = get_engine(settings), feature_store(settings)
-    start = event_timestamp(partition).replace(day=1)
-    end = event_timestamp(partition_key(add_months(month_of(partition), 1))).replace(day=1)
     started = time.perf_counter()
     outcomes = [
-        every_user_online(engine, store, partition, start, end),
+        every_user_online(engine, store, partition),
         online_matches_offline(engine, store, partition),
     ]
     seconds = time.perf_counter() - started

@@ -106,9 +106,7 @@ def online_features(context: dg.AssetExecutionContext, streamflow: StreamflowSet
         metadata=metadata({"as_of": str(as_of(context.partition_key)), **written})
     )
     month = context.partition_key
-    yield check_result(
-        every_user_online(engine, store, month, window.start, window.end), "online_features"
-    )
+    yield check_result(every_user_online(engine, store, month), "online_features")
     yield check_result(online_matches_offline(engine, store, month), "online_features")
 
 

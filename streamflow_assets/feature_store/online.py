@@ -30,7 +30,7 @@ from streamflow_assets.adapters.feast import (
     value_field_number,
 )
 from streamflow_assets.sql import ident, literal, replace_table, swap_with_retries, table_exists
-from streamflow_assets.warehouse import STAGING_SCHEMA
+from streamflow_assets.warehouse import STAGING_SCHEMA, ensure_tables
 
 _ON_TABLE = re.compile(r" ON \S+ USING ")
 _VARINT, _FIXED64, _LENGTH_DELIMITED = 0, 1, 2
@@ -238,15 +238,12 @@ PUBLISHED = ("streamflow_meta", "online_months")
 
 
 def ensure_published_table(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('streamflow:ddl'))"))
-        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(PUBLISHED[0])}"))
-        conn.execute(
-            sa.text(
-                f"CREATE TABLE IF NOT EXISTS {ident(*PUBLISHED)} ("
-                "month text PRIMARY KEY, published_at timestamptz NOT NULL)"
-            )
-        )
+    ensure_tables(
+        engine,
+        f"CREATE SCHEMA IF NOT EXISTS {ident(PUBLISHED[0])}",
+        f"CREATE TABLE IF NOT EXISTS {ident(*PUBLISHED)} "
+        "(month text PRIMARY KEY, published_at timestamptz NOT NULL)",
+    )
 
 
 def record_published(conn: Connection, month: str) -> None:

@@ -22,7 +22,7 @@ from streamflow_assets.adapters.feast import entity_key_prefix, type_checks_off
 from streamflow_assets.feature_store.online import online_table, published_months
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.feature_store.training import training_table
-from streamflow_assets.months import as_of, partition_key
+from streamflow_assets.months import as_of, partition_key, time_window
 from streamflow_assets.report import CheckOutcome, markdown_table
 from streamflow_assets.sql import ident
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
@@ -41,9 +41,8 @@ SAMPLE_SIZE = 300
 EXAMPLES = 5
 
 
-def every_user_online(
-    engine: Engine, store: FeatureStore, partition: str, start: datetime, end: datetime
-) -> CheckOutcome:
+def every_user_online(engine: Engine, store: FeatureStore, partition: str) -> CheckOutcome:
+    start, end = time_window(partition)
     views = store.registry.list_feature_views(store.project, allow_cache=False)
     with ThreadPoolExecutor(2) as pool:
         rows = list(pool.map(lambda v: _view_coverage(engine, store, v, start, end), views))
