@@ -96,33 +96,37 @@ def _view_coverage(
         f"SELECT convert_from(substr(entity_key, {skip}), 'UTF8') AS k, event_ts "
         f"FROM {ident(schema, table)} WHERE feature_name = :feature"
     )
+    source_table = source.get_table_query_string()
+    live = _live_table(source_table)
+    # A snapshot's month is its own partition: the scan does not grow with history.
+    prune = " AND as_of >= :first AND as_of < :after" if live != source_table else ""
     month = (
-        f"SELECT {ident(join_key)} AS k FROM {source.get_table_query_string()} "
-        f"WHERE {ts} >= :start AND {ts} < :end"
+        f"SELECT {ident(join_key)} AS k FROM {source_table} "
+        f"WHERE {ts} >= :start AND {ts} < :end{prune}"
     )
-    params = {"feature": view.features[0].name, "start": start, "end": end}
+    params = {
+        "feature": view.features[0].name,
+        "start": start,
+        "end": end,
+        "first": start.date(),
+        "after": end.date(),
+    }
     with engine.connect() as conn:
         conn.execute(sa.text("SET work_mem = '256MB'"))
+        # One pass: the month's users against the online ones. Online users outside the month
+        # must be in the live table, which holds every user any month had (one row each).
         counts = conn.execute(
             sa.text(
                 "SELECT count(m.k), count(m.k) FILTER (WHERE o.k IS NULL), "
                 "count(m.k) FILTER (WHERE o.event_ts < :start), "
-                "(array_agg(m.k ORDER BY m.k) FILTER (WHERE o.k IS NULL))[1:5] "
-                f"FROM ({month}) m LEFT JOIN ({online}) o ON o.k = m.k"
+                "(array_agg(m.k ORDER BY m.k) FILTER (WHERE o.k IS NULL))[1:5], "
+                "count(o.k) FILTER (WHERE m.k IS NULL AND NOT EXISTS (SELECT 1 FROM "
+                f"{ident(live)} s WHERE s.{ident(join_key)} = o.k)) "
+                f"FROM ({month}) m FULL JOIN ({online}) o ON o.k = m.k"
             ),
             params,
         ).one()
-        # Every user any month had is in the live table (one row per user, whatever the
-        # number of months), so this does not grow with history.
-        unknown = conn.execute(
-            sa.text(
-                f"SELECT count(*) FROM ({online}) o WHERE NOT EXISTS (SELECT 1 FROM "
-                f"{ident(_live_table(source.get_table_query_string()))} s "
-                f"WHERE s.{ident(join_key)} = o.k)"
-            ),
-            params,
-        ).scalar_one()
-    users, missing, older, examples = counts
+    users, missing, older, examples, unknown = counts
     return {
         "feature view": view.name,
         "online table": f"{schema}.{table}",
