@@ -421,6 +421,10 @@ def _server_process(kind: list[str], workers: int):
         process.wait(timeout=30)
 
 
+REQUEST_TIMEOUT = 10.0
+"""Seconds before a request counts as failed."""
+
+
 def asyncio_run_load(
     name: str,
     base: str,
@@ -453,25 +457,31 @@ def asyncio_run_load(
         deadline = time.perf_counter() + seconds
         remaining = count
         connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            for _ in range(20):  # warm-up: connections, registry caches, pools
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+            async def attempt() -> str | None:
+                """One request; None when answered 200, else what went wrong. A reset
+                connection or a timeout is a failed request, not the end of the run."""
                 method, url, body = request_args()
-                async with session.request(method, url, json=body) as response:
-                    await response.read()
+                try:
+                    async with session.request(method, url, json=body) as response:
+                        await response.read()
+                        return None if response.status == 200 else f"HTTP {response.status}"
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    return type(exc).__name__
+
+            for _ in range(20):  # warm-up: connections, registry caches, pools
+                await attempt()
 
             async def client():
-                nonlocal remaining, failures
+                nonlocal remaining
                 while remaining > 0 and time.perf_counter() < deadline:
                     remaining -= 1
-                    method, url, body = request_args()
                     started = time.perf_counter()
-                    try:
-                        async with session.request(method, url, json=body) as response:
-                            await response.read()
-                            if response.status != 200:
-                                failures.append(f"HTTP {response.status}")
-                    except aiohttp.ClientError as exc:
-                        failures.append(type(exc).__name__)
+                    failure = await attempt()
+                    if failure is not None:
+                        failures.append(failure)
                         continue
                     latencies.append((time.perf_counter() - started) * 1000)
 
