@@ -17,8 +17,8 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\
 
 @pytest.fixture
 def flaky_server() -> Iterator[str]:
-    """A real HTTP server on a socket that answers one request per connection, and resets
-    (RST) every third connection instead of answering."""
+    """A real HTTP server on a socket that answers one request per connection, and on every
+    third connection sends half an answer and resets it (RST)."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -33,7 +33,8 @@ def flaky_server() -> Iterator[str]:
             served += 1
             with conn:
                 conn.recv(65536)
-                if served % 3 == 0:
+                if served % 3 == 0:  # half an answer, then a reset
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 else:
                     conn.sendall(OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
@@ -52,5 +53,5 @@ def test_a_reset_connection_is_a_failed_request_and_the_run_goes_on(flaky_server
         count=60, seconds=30,
     )  # fmt: skip
     failed = int(stats["failed"].split()[0])
-    assert failed >= 1 and "ClientOSError" in stats["failed"]  # the resets, counted
+    assert failed >= 15, stats["failed"]  # the resets (a third of 60), counted
     assert stats["n"] > 0 and stats["n"] + failed == 60  # and every other request answered
