@@ -1,10 +1,13 @@
 """Monthly feature monitoring: did month M's training features move away from month M-1's?
 
 Feast has no feature monitoring (Hopsworks and Tecton ship it): this compares the two months'
-training sets per feature with Evidently's data drift preset — a test fit for each column's type
+training sets per feature with Evidently's data drift tests — a test fit for each column's type
 (numeric or categorical) and the number of rows — on a seeded sample of each month, and keeps
 Evidently's HTML report under `STREAMFLOW_OUTPUT_DIR/drift/<month>.html`. Drift is an honest
 outcome, not bad data: the check warns and the month completes.
+
+Each month's sample is kept beside its report (`<month>.sample.arrow`), so the next month
+compares with it instead of reading the whole previous training CSV again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+import pyarrow.feather as feather
 
 from streamflow_assets.adapters.evidently import data_drift
 from streamflow_assets.files import atomic_write
@@ -21,7 +25,7 @@ from streamflow_assets.report import CheckOutcome, markdown_table
 
 FEATURE_DRIFT = (
     "The month's training features compared with the previous month's, per feature, with "
-    "Evidently's data drift preset (a warning: drift is reported, the month completes); the "
+    "Evidently's data drift tests (a warning: drift is reported, the month completes); the "
     "share of drifted features, each drifted one's test and score, and the HTML report."
 )
 SAMPLE_ROWS = 20_000
@@ -31,6 +35,28 @@ NOT_FEATURES = {"user_id", "event_timestamp", "churn_label"}
 
 def drift_report_path(output_dir: Path, partition: str) -> Path:
     return output_dir / "drift" / f"{partition}.html"
+
+
+def sample_path(output_dir: Path, partition: str) -> Path:
+    return output_dir / "drift" / f"{partition}.sample.arrow"
+
+
+def keep_sample(table: pa.Table, partition: str, output_dir: Path) -> None:
+    """Keep the rows of the month that the next month's drift check compares with."""
+    with atomic_write(sample_path(output_dir, partition)) as tmp:
+        feather.write_feather(sample(table, partition), tmp, compression="uncompressed")
+
+
+def kept_sample(output_dir: Path, partition: str, written_after: Path) -> pa.Table | None:
+    """The month's kept sample, when it was written after `written_after` (the month's training
+    CSV: a sample older than its CSV belongs to an earlier run of the month)."""
+    path = sample_path(output_dir, partition)
+    try:
+        if path.stat().st_mtime_ns < written_after.stat().st_mtime_ns:
+            return None
+    except FileNotFoundError:
+        return None
+    return feather.read_table(path)
 
 
 def read_features(path: Path, schema: pa.Schema) -> pa.Table:
@@ -67,8 +93,8 @@ def feature_drift(
     categorical = [f.name for f in features if f.name not in numerical]
     columns = numerical + categorical
     report = data_drift(
-        _sample(current.select(columns), partition),
-        _sample(previous.select(columns), previous_partition),
+        sample(current.select(columns), partition).to_pandas(),
+        sample(previous.select(columns), previous_partition).to_pandas(),
         numerical,
         categorical,
     )
@@ -105,11 +131,12 @@ def feature_drift(
     )
 
 
-def _sample(table: pa.Table, seed_text: str):
-    """At most SAMPLE_ROWS rows, the same ones for the same month every time, as pandas (taken
-    in Arrow first: converting a million rows to pandas costs more than the test)."""
+def sample(table: pa.Table, partition: str) -> pa.Table:
+    """At most SAMPLE_ROWS rows, the same ones for the same month every time (taken in Arrow:
+    converting a million rows to pandas costs more than the test). A table of SAMPLE_ROWS rows
+    or fewer is its own sample, so a kept sample samples to itself."""
     if table.num_rows > SAMPLE_ROWS:
-        rng = np.random.default_rng(int(seed_text.replace("-", "")))
+        rng = np.random.default_rng(int(partition.replace("-", "")))
         rows = np.sort(rng.choice(table.num_rows, SAMPLE_ROWS, replace=False))
         table = table.take(pa.array(rows))
-    return table.to_pandas()
+    return table

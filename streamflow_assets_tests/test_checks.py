@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,13 @@ from streamflow_assets.feature_store.registry import verify_registry
 from streamflow_assets.feature_store.repo import feature_repo, feature_store
 from streamflow_assets.feature_store.verify import every_user_online, online_matches_offline
 from streamflow_assets.model import verify_scores
-from streamflow_assets.monitoring import feature_drift
+from streamflow_assets.monitoring import (
+    SAMPLE_ROWS,
+    feature_drift,
+    keep_sample,
+    kept_sample,
+    sample,
+)
 from streamflow_assets.settings import Settings, SettingsError
 from streamflow_assets.snapshots import verify_snapshot
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES, USAGE_AGG_30D
@@ -250,6 +257,27 @@ def test_feature_drift_names_the_feature_that_moved_and_the_month_completes(new_
     report = Path(check.metadata["report"].value)
     assert report == warehouse.output / "drift" / "2024-02.html"
     assert "watch_hours_30d" in report.read_text()
+    assert (warehouse.output / "drift" / "2024-01.sample.arrow").exists()
+
+
+def test_the_kept_sample_is_the_months_sample_until_the_month_is_written_again(tmp_path):
+    rows = SAMPLE_ROWS + 5_000
+    table = pa.table(
+        {"user_id": [f"{i:06d}" for i in range(rows)], "x": [float(i) for i in range(rows)]}
+    )
+    csv = tmp_path / "training" / "2024-01.csv"
+    csv.parent.mkdir()
+    csv.write_text("written first")
+    keep_sample(table, "2024-01", tmp_path)
+
+    kept = kept_sample(tmp_path, "2024-01", written_after=csv)
+    assert kept is not None and kept.num_rows == SAMPLE_ROWS
+    assert kept.equals(sample(table, "2024-01"))
+    assert sample(kept, "2024-01").equals(kept)  # the drift check samples it to itself
+
+    later = csv.stat().st_mtime_ns + 1_000_000_000
+    os.utime(csv, ns=(later, later))  # the month's CSV written again, its sample not (a kill)
+    assert kept_sample(tmp_path, "2024-01", written_after=csv) is None
 
 
 def test_no_drift_between_a_month_and_itself(tmp_path):

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.feature_store.fields import NULLABLE_TAG
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.files import atomic_write
-from streamflow_assets.monitoring import feature_drift, read_features
+from streamflow_assets.monitoring import feature_drift, keep_sample, kept_sample, read_features
 from streamflow_assets.months import as_of, event_timestamp, previous_month
 from streamflow_assets.report import CheckOutcome, StepRefused, StepResult, markdown_table
 from streamflow_assets.sql import copy_out, ident, inline, literal
@@ -186,6 +186,7 @@ def build_training_csv(
         )
     path = training_path(output_dir, partition)
     write_csv_atomically(table, path)
+    keep_sample(table, partition, output_dir)
     labels = table.column(LABEL)
     previous = previous_month(partition)
     drift = feature_drift(
@@ -215,11 +216,13 @@ def build_training_csv(
 def previous_features(
     engine: Engine, store: FeatureStore, output_dir: Path, partition: str, schema: pa.Schema
 ) -> pa.Table | None:
-    """A month's training set: its CSV when written, otherwise built from the snapshots when the
-    month is loaded (months run in any order), otherwise None."""
+    """A month's training set for comparing with: the sample kept with its CSV, or the CSV when
+    it has none, otherwise built from the snapshots when the month is loaded (months run in any
+    order), otherwise None."""
     path = training_path(output_dir, partition)
     if path.exists():
-        return read_features(path, schema)
+        kept = kept_sample(output_dir, partition, written_after=path)
+        return kept if kept is not None else read_features(path, schema)
     with engine.connect() as conn:
         loaded = conn.execute(
             sa.text(
