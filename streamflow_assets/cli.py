@@ -248,6 +248,21 @@ def bench_api(users, seed, drops, workers, requests, seconds) -> None:
     )
 
 
+@bench.command("faults")
+@click.option("--users", type=click.IntRange(min=1), default=200_000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--drops",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Use these drops (month_000, month_001) instead of generating them.",
+)
+def bench_faults(users, seed, drops) -> None:
+    """Kill a month's run at each stage (SIGKILL) and time what it leaves and the re-run."""
+    from streamflow_bench.faults import bench_faults
+
+    bench_faults(users=users, seed=seed, drops=drops)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)

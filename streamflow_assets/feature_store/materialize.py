@@ -9,6 +9,7 @@ from datetime import datetime
 from feast import FeatureStore, FeatureView
 from sqlalchemy.engine import Engine
 
+from streamflow_assets.failpoints import failpoint
 from streamflow_assets.feature_store.online import (
     drop_staged,
     ensure_published_table,
@@ -47,7 +48,9 @@ def materialize_month(
             written = list(
                 pool.map(lambda v: stage_view(engine, store.config, v, start, end), views)
             )
+        failpoint("online.staged")
         published = publish(engine, tables, month)
+    failpoint("online.published")
     record_intervals(engine, store, start, end)
     return {
         "window": f"[{start.isoformat()}, {end.isoformat()})",

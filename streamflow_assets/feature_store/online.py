@@ -29,6 +29,7 @@ from streamflow_assets.adapters.feast import (
     online_table_name,
     value_field_number,
 )
+from streamflow_assets.failpoints import failpoint
 from streamflow_assets.sql import ident, literal, replace_table, swap_with_retries, table_exists
 from streamflow_assets.warehouse import STAGING_SCHEMA, ensure_tables
 
@@ -222,8 +223,10 @@ def publish(engine: Engine, tables: list[tuple[str, str]], month: str) -> dict:
     def swap(conn: Connection) -> None:
         live = ", ".join(ident(schema, table) for schema, table in tables)
         conn.execute(sa.text(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE"))
-        for schema, table in tables:
+        for i, (schema, table) in enumerate(tables):
             replace_table(conn, (STAGING_SCHEMA, table), (schema, table))
+            if i == len(tables) // 2:
+                failpoint("online.swapping")
         record_published(conn, month)
 
     swapped = swap_with_retries(engine, swap, what=f"publishing {month} online")

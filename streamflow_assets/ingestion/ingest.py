@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from streamflow_assets.failpoints import failpoint
 from streamflow_assets.ingestion.drops import (
     DropError,
     DropFile,
@@ -215,9 +216,11 @@ def staged_drop(
             # Every file's own checks first; the checks against the month's users need users'
             # typed table, and only that, so they come in a second round.
             files = list(pool.map(lambda s: stage_file(settings, engine, s, partition), specs))
+            failpoint("ingest.staged")
             staged_users = next((f for f in files if f.spec.name == USERS.name), None)
             users = _users_reference(engine, partition, staged_users)
             list(pool.map(lambda f: check_values(engine, f, partition, users), files))
+        failpoint("ingest.validated")
         yield files
     finally:
         for staged in files:

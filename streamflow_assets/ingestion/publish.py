@@ -19,6 +19,7 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from streamflow_assets.failpoints import failpoint
 from streamflow_assets.sql import advisory_lock, ident, replace_table, swap_with_retries
 from streamflow_assets.table_specs import TableSpec
 from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA, month_table
@@ -135,12 +136,16 @@ def publish_drop(
                 built = list(
                     pool.map(lambda item: _build_next(engine, item[0], item[1], as_of), staged)
                 )
+            failpoint("ingest.built")
 
             def swap(conn: sa.Connection) -> None:
-                for spec, typed in staged:
+                for i, (spec, typed) in enumerate(staged):
                     _swap(conn, spec, typed, month_table(spec, partition))
+                    if i == len(staged) // 2:
+                        failpoint("ingest.swapping")
 
             swap_with_retries(engine, swap, what=f"publishing {partition}")
+            failpoint("ingest.published")
         except BaseException:
             with engine.begin() as conn:
                 for _, typed in staged:

@@ -1,0 +1,41 @@
+"""The fault suite: a month's run SIGKILLed at each stage leaves a whole state (every part as
+before the run, or as after a clean one, never half of each), and the next run heals it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy.engine import URL
+
+from streamflow_assets.failpoints import FAILPOINTS
+from streamflow_bench.faults import NEW_AFTER_KILL, PARTS, FaultOutcome, fault_scenarios
+
+MONTHS = ("2024-01", "2024-02")
+
+
+@pytest.fixture(scope="module")
+def outcomes(server_url: URL, seed_drops) -> dict[str, FaultOutcome]:
+    prefix = f"sf_faults_{uuid.uuid4().hex[:8]}"
+    return {o.failpoint: o for o in fault_scenarios(server_url, seed_drops, MONTHS, prefix=prefix)}
+
+
+@pytest.mark.parametrize("point", list(FAILPOINTS))
+def test_a_run_killed_at_each_stage_leaves_a_whole_state_and_the_next_run_heals_it(
+    outcomes, point
+):
+    outcome = outcomes[point]
+    assert outcome.killed.killed, outcome.killed.output[-3000:]
+    assert outcome.left == {
+        part: "new" if part in NEW_AFTER_KILL[point] else "as before" for part in PARTS
+    }
+    assert outcome.healed, outcome.heal.output[-3000:]
+    assert outcome.dead_run_marked_failed
+    assert outcome.problems == []
+
+
+def test_the_kills_left_staging_tables_for_the_next_run_to_clear(outcomes):
+    # Otherwise the suite would not show that the re-run clears them.
+    for point in ("ingest.staged", "ingest.validated", "ingest.built", "online.staged"):
+        assert outcomes[point].leftovers, point
+    assert outcomes["online.published"].leftovers == []
