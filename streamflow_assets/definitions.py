@@ -3,6 +3,7 @@
 import dagster as dg
 
 from streamflow_assets.defs.automation import (
+    dead_run_sensor,
     monthly_graph,
     monthly_schedule,
     new_drop_sensor,
@@ -38,7 +39,7 @@ defs = dg.Definitions(
     asset_checks=online_freshness_checks,
     jobs=[monthly_graph],
     schedules=[monthly_schedule],
-    sensors=[new_drop_sensor, online_freshness_sensor],
+    sensors=[new_drop_sensor, online_freshness_sensor, dead_run_sensor],
     resources={"streamflow": streamflow_settings()},
     # The work happens inside PostgreSQL; a process per step would cost more than the step
     # (a month of 2,000 users: 32 s with the multiprocess executor, 3 s in process).

@@ -1,9 +1,8 @@
 """Running the asset graph for a month in this process (`streamflow run`, benchmarks, tests)."""
 
-import os
-import socket
-
 import dagster as dg
+
+from streamflow_assets.defs.dead_runs import fail_dead_runs, process_tags
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 """Console logging for critical events only; the whole event log still goes to the instance."""
@@ -30,38 +29,5 @@ def materialize_month(
         instance=instance,
         raise_on_error=False,
         run_config=QUIET,
-        tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
+        tags=process_tags(),
     )
-
-
-PID_TAG, HOST_TAG = "streamflow/pid", "streamflow/host"
-"""Which process runs an in-process run: a run whose process is gone is dead."""
-
-
-def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Mark failed the in-process runs of this host still STARTED whose process is gone (killed
-    mid-run, they would show as running forever); their ids. Runs launched by the daemon or the
-    UI are watched by Dagster's run monitoring (the instance configuration)."""
-    host = socket.gethostname()
-    dead = []
-    for record in instance.get_run_records(
-        dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={HOST_TAG: host})
-    ):
-        run = record.dagster_run
-        pid = int(run.tags.get(PID_TAG, "0") or 0)
-        if pid and pid != os.getpid() and not _alive(pid):
-            instance.report_run_failed(
-                run, f"the process running it ({host}, pid {pid}) is gone: it was killed"
-            )
-            dead.append(run.run_id)
-    return dead
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

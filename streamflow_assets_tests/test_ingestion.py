@@ -17,9 +17,10 @@ import sqlalchemy as sa
 
 from streamflow_assets.db import libpq_url
 from streamflow_assets.definitions import defs
+from streamflow_assets.defs.automation import dead_run_sensor
+from streamflow_assets.defs.dead_runs import PID_TAG, fail_dead_runs
 from streamflow_assets.generator import generate_drops
 from streamflow_assets.months import partitions_in_drops
-from streamflow_assets.runs import fail_dead_runs
 from streamflow_assets.settings import DropFolderError, Settings
 from streamflow_assets.table_specs import SNAPSHOT_TABLES, TABLES
 from streamflow_assets.warehouse import STAGING_SCHEMA, partition_lock, staging_leftovers
@@ -369,3 +370,66 @@ def test_run_reports_a_failed_month_and_exits_non_zero(new_warehouse):
     assert "2024-02 (month_001): FAILED" in result.stderr
     assert "labels.csv is empty" in result.stderr
     assert "1 month(s) failed: 2024-02" in result.stderr
+
+
+def test_a_launched_run_whose_processes_die_is_marked_failed_by_the_dead_run_sensor(
+    new_warehouse, tmp_path
+):
+    """Launched through the instance's run launcher, as the UI, the daemon and `dagster job
+    launch` launch runs: a code server starts the run's worker, a process of its own. When the
+    worker alone dies, the code server reports the failure; when the code server dies with it
+    (a restart, the OOM killer, a container stopped), nobody does: the sensor must."""
+    warehouse = new_warehouse()
+    big = tmp_path / "big"
+    generate_drops(big, users=60_000, months=1, seed=5)
+    shutil.rmtree(warehouse.drops / "month_000")
+    shutil.copytree(big / "month_000", warehouse.drops / "month_000")
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    # Launched at once (the UI's queue is drained by the daemon, which this test does not run).
+    (dagster_home / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\n"
+    )
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    launch = [sys.executable, "-m", "dagster", "job", "launch",
+              "-m", "streamflow_assets.definitions", "-j", "monthly_graph",
+              "--tags", '{"dagster/partition": "2024-01"}']  # fmt: skip
+    launcher = subprocess.Popen(
+        launch, env=env, cwd=PROJECT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    deadline = time.monotonic() + 180
+    while True:  # until the worker has named itself on the run
+        runs = instance.get_runs()
+        if runs and PID_TAG in runs[0].tags:
+            (run,) = runs
+            break
+        assert time.monotonic() < deadline, "no run started"
+        time.sleep(0.1)
+    worker = int(run.tags[PID_TAG])
+    assert run.status == dg.DagsterRunStatus.STARTED
+    assert worker != os.getpid()  # a process of its own
+    assert dead_run_sensor(dg.build_sensor_context(instance=instance)).skip_message == (
+        "no run whose process died"
+    )  # a live worker is left alone
+
+    os.killpg(launcher.pid, signal.SIGKILL)  # the code server, and the worker with it
+    launcher.wait()
+    deadline = time.monotonic() + 30
+    while _pid_exists(worker):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+    result = dead_run_sensor(dg.build_sensor_context(instance=instance))
+    assert result.skip_message == f"marked failed: {run.run_id}"
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

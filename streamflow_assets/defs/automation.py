@@ -1,4 +1,5 @@
-"""What starts runs by itself: a monthly schedule and a sensor on the drops folder.
+"""What starts runs by itself: a monthly schedule and a sensor on the drops folder; and what
+watches them: the online store's deadline, and runs whose process died.
 
 Both launch `monthly_graph`, every monthly asset for one partition. Both start STOPPED unless
 STREAMFLOW_AUTOMATION=on (the docker deployment sets it): on a laptop, opening `dagster dev` should
@@ -13,6 +14,7 @@ import os
 
 import dagster as dg
 
+from streamflow_assets.defs.dead_runs import fail_dead_runs
 from streamflow_assets.defs.feature_store import online_freshness_checks
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
@@ -144,3 +146,20 @@ online_freshness_sensor = dg.build_sensor_for_freshness_checks(
     name="online_freshness_sensor",
     default_status=default_status(),
 )
+
+
+# ---- runs whose process died ----------------------------------------------------------------
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,  # starts nothing; only ends dead runs
+    description="Every minute: marks failed each run still STARTED whose worker process (named "
+    "on the run by the streamflow resource) is gone, e.g. killed; Dagster's default run launcher "
+    "cannot tell, so such a run would show as running until its 4 h maximum runtime.",
+)
+def dead_run_sensor(context: dg.SensorEvaluationContext):
+    dead = fail_dead_runs(context.instance)
+    return dg.SkipReason(
+        f"marked failed: {', '.join(dead)}" if dead else "no run whose process died"
+    )

@@ -9,6 +9,7 @@ from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from streamflow_assets.db import get_engine
+from streamflow_assets.defs.dead_runs import tag_run_process
 from streamflow_assets.settings import (
     DATABASE_URL_VAR,
     DEFAULTS,
@@ -55,6 +56,12 @@ class StreamflowSettings(dg.ConfigurableResource):
 
     def engine(self) -> Engine:
         return get_engine(self.settings())
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # The run's worker process, named on the run: `dead_run_sensor` marks the run failed
+        # if this process dies before the run ends.
+        if context.instance is not None and context.run_id:
+            tag_run_process(context.instance, context.run_id)
 
 
 _FIELDS = {
