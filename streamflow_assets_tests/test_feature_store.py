@@ -3,12 +3,14 @@ training CSVs, and the encoders of the fast online writer checked against Feast'
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 import psycopg
 import pytest
@@ -36,6 +38,7 @@ from streamflow_assets_tests.conftest import (
     read_month,
     while_rematerializing_online,
 )
+from streamflow_bench.faults import FAULT_GROUPS
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -427,3 +430,21 @@ def test_the_registry_keeps_every_months_interval_in_either_order(two_orders, na
         assert set(view.materialization_intervals) == expected, view.name
     with made[name].engine.connect() as conn:
         assert published_months(conn) == ["2024-01", "2024-02"]
+
+
+@pytest.mark.parametrize(
+    "order", [("2024-01", "2024-02", "2024-03"), ("2024-03", "2024-01", "2024-02")]
+)
+def test_three_months_in_any_order_keep_every_months_interval(new_warehouse, order):
+    """The lost update first seen after `streamflow run` of the three sample months."""
+    warehouse = new_warehouse()
+    warehouse.load(*order, selection=dg.AssetSelection.groups(*FAULT_GROUPS))
+    store = feature_store(Settings.from_env())
+    months = [datetime(2024, m, 1, tzinfo=UTC) for m in (1, 2, 3, 4)]
+    expected = set(itertools.pairwise(months))
+    views = store.registry.list_feature_views(store.project, allow_cache=False)
+    assert len(views) == 4
+    for view in views:
+        assert set(view.materialization_intervals) == expected, view.name
+    with warehouse.engine.connect() as conn:
+        assert published_months(conn) == ["2024-01", "2024-02", "2024-03"]

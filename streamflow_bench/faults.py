@@ -325,5 +325,140 @@ def bench_faults(users: int, seed: int, drops: Path | None) -> None:
             "Healed: the re-run ends exactly as a clean run, no staging table left, the killed "
             "run marked failed."
         )
+        with database(server, "sf_faults_locks") as url:
+            f = lock_figures(url)
+        print(
+            f"\nA reader holding a table for {f.held:.1f} s while a swap wants it: the swap "
+            f"waited {f.swap_seconds:.1f} s ({f.swap_attempts} attempts of 100 ms); "
+            f"{f.reads_while_held} reads of the table meanwhile, the slowest "
+            f"{f.slowest_read_ms:.0f} ms.\n"
+            f"A client killed inside its transaction while waiting for a lock: its session ended "
+            f"{f.dead_session_gone_after:.2f} s later; a reader of the table it had locked got "
+            f"its answer {f.blocked_read_waited:.2f} s after the kill."
+        )
         if failures:
             raise SystemExit(f"{failures} failpoint(s) not healed")
+
+
+# ---- locks: a long reader and a dead client ----------------------------------------------------
+
+WAIT_INSIDE_A_PUBLISH = """
+import sys
+import sqlalchemy as sa
+from streamflow_assets.db import get_engine
+from streamflow_assets.settings import Settings
+
+with get_engine(Settings.from_env()).begin() as conn:
+    conn.execute(sa.text("LOCK TABLE sf_probe_a IN ACCESS EXCLUSIVE MODE"))
+    print(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar(), flush=True)
+    conn.execute(sa.text("LOCK TABLE sf_probe_b IN ACCESS EXCLUSIVE MODE"))  # a reader holds it
+"""
+"""A project client inside a publish: one table's lock taken, waiting for the next one's."""
+
+
+@dataclass
+class LockFigures:
+    held: float
+    """Seconds a long reader held the table the swap needed."""
+    swap_attempts: int
+    swap_seconds: float
+    reads_while_held: int
+    slowest_read_ms: float
+    dead_session_gone_after: float
+    """Seconds from killing a client waiting inside its transaction to its session's end."""
+    blocked_read_waited: float
+    """Seconds a reader of the dead client's locked table waited, from the kill."""
+
+
+def lock_figures(url: URL, hold: float = 5.0) -> LockFigures:
+    """Measure on this database, with the project's own engine and swap: a reader holding a
+    table for `hold` seconds while a swap wants it (how long the swap waits, and whether other
+    readers get through meanwhile), then a client killed inside its transaction while it waits
+    for a lock (how long its session, and the locks it holds, outlive it)."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from streamflow_assets.db import get_engine
+    from streamflow_assets.settings import DATABASE_URL_VAR, Settings
+    from streamflow_assets.sql import swap_with_retries
+
+    engine = get_engine(Settings.from_values({DATABASE_URL_VAR: libpq_url(url)}))
+    try:
+        with engine.begin() as conn:
+            for table in ("sf_probe_a", "sf_probe_b"):
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+                conn.execute(sa.text(f"CREATE TABLE {table} AS SELECT 1 AS x"))
+
+        def read(table: str) -> float:
+            started = time.perf_counter()
+            with engine.connect() as conn:
+                conn.execute(sa.text(f"SELECT count(*) FROM {table}"))
+            return time.perf_counter() - started
+
+        swapped = []
+        with engine.connect() as long_reader:
+            long_reader.execute(sa.text("SELECT count(*) FROM sf_probe_b"))  # held until rollback
+            swap = threading.Thread(
+                target=lambda: swapped.append(
+                    swap_with_retries(
+                        engine,
+                        lambda c: c.execute(
+                            sa.text("LOCK TABLE sf_probe_b IN ACCESS EXCLUSIVE MODE")
+                        ),
+                        what="the probe",
+                    )
+                )
+            )
+            started = time.perf_counter()
+            swap.start()
+            reads = []
+            while time.perf_counter() - started < hold:
+                reads.append(read("sf_probe_b"))
+                time.sleep(0.02)
+            held = time.perf_counter() - started
+            long_reader.rollback()
+        swap.join()
+
+        env = {**os.environ, DATABASE_URL_VAR: libpq_url(url)}
+        watching = engine.execution_options(isolation_level="AUTOCOMMIT")  # a fresh view each time
+        with engine.connect() as long_reader, watching.connect() as watch:
+            long_reader.execute(sa.text("SELECT count(*) FROM sf_probe_b"))
+            client = subprocess.Popen(
+                [sys.executable, "-c", WAIT_INSIDE_A_PUBLISH],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            backend = int(client.stdout.readline())
+            state = sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p")
+            while watch.execute(state, {"p": backend}).scalar() != "Lock":
+                time.sleep(0.01)
+            blocked = []
+            reader = threading.Thread(
+                target=lambda: blocked.append((read("sf_probe_a"), time.perf_counter()))
+            )
+            reader.start()
+            time.sleep(0.2)
+            client.kill()
+            client.wait()
+            killed = time.perf_counter()
+            while watch.execute(state, {"p": backend}).first() is not None:
+                time.sleep(0.01)
+            gone = time.perf_counter() - killed
+            reader.join()
+            blocked_waited = blocked[0][1] - killed
+            long_reader.rollback()
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE sf_probe_a, sf_probe_b"))
+    finally:
+        engine.dispose()
+    return LockFigures(
+        held=held,
+        swap_attempts=swapped[0].attempts,
+        swap_seconds=swapped[0].seconds_waiting,
+        reads_while_held=len(reads),
+        slowest_read_ms=max(reads) * 1000,
+        dead_session_gone_after=gone,
+        blocked_read_waited=blocked_waited,
+    )
