@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import psycopg
@@ -190,3 +192,48 @@ def first_rows(conn: Connection, table: str, rows: int = 5) -> Markdown:
     """The first rows of a table (by user_id) as a markdown table."""
     result = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY user_id LIMIT {int(rows)}"))
     return markdown_table(list(result.keys()), list(result))
+
+
+BACKGROUND_NICE = 10
+
+
+@contextlib.contextmanager
+def background_session(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose server process runs at a lower CPU priority (nice 10) when the server
+    runs on this machine and lets us renice it (the embedded PostgreSQL, a local one as the same
+    user or as root): bulk work then yields the CPU to the queries of people waiting for answers.
+    Elsewhere it is an ordinary transaction. No parallel workers (processes of their own, which
+    would run at normal priority). The session is closed afterwards, not pooled: a process
+    cannot raise its priority back."""
+    with engine.connect() as conn:
+        try:
+            with conn.begin():
+                lower_server_priority(conn)
+                conn.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))
+                conn.execute(sa.text("SET LOCAL max_parallel_maintenance_workers = 0"))
+                yield conn
+        finally:
+            conn.invalidate()
+
+
+def lower_server_priority(conn: Connection) -> bool:
+    """Renice this session's server process, if it is a process of this machine; whether it
+    was. The process is identified by its pid and checked by its title, which names this
+    session's client address and port (a server in a container has pids of its own)."""
+    pid, client = conn.execute(
+        sa.text(
+            "SELECT pg_backend_pid(), host(inet_client_addr()) || '(' || inet_client_port() || ')'"
+        )
+    ).one()
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        if not title.startswith("postgres:") or (client is not None and client not in title):
+            return False
+        os.setpriority(os.PRIO_PROCESS, pid, BACKGROUND_NICE)
+    except OSError:  # no /proc (not Linux), not ours to renice, gone
+        return False
+    with contextlib.suppress(OSError, AttributeError):
+        # Linux's idle policy on top: a waking reader's process runs at once instead of after
+        # the bulk process's time slice (nice alone shares the CPU, not the wake-up latency).
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    return True

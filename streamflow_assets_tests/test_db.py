@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.infra.utils.postgres.postgres_config import PostgreSQLConfig
 
 from streamflow_assets.db import feast_connection, get_engine
+from streamflow_assets.sql import BACKGROUND_NICE, background_session
+from streamflow_bench.faults import lock_figures
 
 pytestmark = pytest.mark.smoke
 
@@ -88,3 +91,29 @@ def test_a_killed_client_waiting_for_a_lock_ends_its_session_within_seconds(sett
                 assert time.monotonic() - killed < 10, "the dead client's session lingers"
                 time.sleep(0.05)
         reader.rollback()
+
+
+def test_a_long_reader_delays_a_swap_and_readers_behind_it_get_through(database_url):
+    figures = lock_figures(database_url, hold=2.0)
+    assert figures.swap_seconds >= figures.held * 0.9  # the swap waited for the long reader
+    assert figures.swap_attempts > 1  # by letting go and trying again, ...
+    # ... so readers that came after it were answered while the long reader still held the
+    # table (a swap queued on the lock would have held them up until the reader was done).
+    assert figures.reads_while_held > 5
+    assert figures.slowest_read_ms < figures.held * 1000 / 2
+    # A client killed waiting inside its transaction: its session and locks go within seconds.
+    assert figures.dead_session_gone_after < 10
+    assert figures.blocked_read_waited < 10
+
+
+def test_a_background_session_runs_niced_and_is_not_pooled(settings):
+    engine = get_engine(settings)
+    with background_session(engine) as conn:
+        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        if os.geteuid() != 0 and os.stat(f"/proc/{backend}").st_uid != os.getuid():
+            pytest.skip("the test server's processes are another user's: not ours to renice")
+        assert os.getpriority(os.PRIO_PROCESS, backend) == BACKGROUND_NICE
+    with engine.connect() as conn:
+        other = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        assert other != backend
+        assert os.getpriority(os.PRIO_PROCESS, other) == 0

@@ -24,7 +24,7 @@ from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.feature_store.training import training_table
 from streamflow_assets.months import as_of, partition_key, time_window
 from streamflow_assets.report import CheckOutcome, markdown_table
-from streamflow_assets.sql import ident
+from streamflow_assets.sql import background_session, ident
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
 
 EVERY_USER_ONLINE = (
@@ -111,8 +111,8 @@ def _view_coverage(
         "first": start.date(),
         "after": end.date(),
     }
-    with engine.connect() as conn:
-        conn.execute(sa.text("SET work_mem = '256MB'"))
+    with background_session(engine) as conn:  # bulk work: the API's reads come first
+        conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
         # One pass: the month's users against the online ones. Online users outside the month
         # must be in the live table, which holds every user any month had (one row each).
         counts = conn.execute(
