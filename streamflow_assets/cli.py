@@ -239,12 +239,24 @@ def bench_feast(users, seed, months, drops, skip_feast_default) -> None:
 @click.option(
     "--seconds", type=float, default=20.0, show_default=True, help="Time limit per scenario."
 )
-def bench_api(users, seed, drops, workers, requests, seconds) -> None:
+@click.option(
+    "--during-publish",
+    is_flag=True,
+    help="Instead of the table: one user at c=8 idle, then while the next month (month_001) "
+    "is written and published online, counting failed and mixed-month answers.",
+)
+def bench_api(users, seed, drops, workers, requests, seconds, during_publish) -> None:
     """Latency and requests/s of `streamflow api` beside `feast serve` on the same store."""
     from streamflow_bench.benchmarks import bench_api
 
     bench_api(
-        users=users, seed=seed, drops=drops, workers=workers, requests=requests, seconds=seconds
+        users=users,
+        seed=seed,
+        drops=drops,
+        workers=workers,
+        requests=requests,
+        seconds=seconds,
+        during_publish=during_publish,
     )
 
 

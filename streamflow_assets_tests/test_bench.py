@@ -55,3 +55,18 @@ def test_a_reset_connection_is_a_failed_request_and_the_run_goes_on(flaky_server
     failed = int(stats["failed"].split()[0])
     assert failed >= 15, stats["failed"]  # the resets (a third of 60), counted
     assert stats["n"] > 0 and stats["n"] + failed == 60  # and every other request answered
+
+
+def test_an_answer_the_inspector_rejects_is_a_failed_request(flaky_server):
+    inspected = []
+
+    def reject_every_fourth(body: bytes) -> str | None:
+        inspected.append(body)
+        return "mixed months" if len(inspected) % 4 == 0 else None
+
+    stats = asyncio_run_load(
+        "streamflow api", flaky_server, ["7590-VHVEG"], concurrency=2, per_request=1,
+        count=60, seconds=30, inspect=reject_every_fourth,
+    )  # fmt: skip
+    assert "mixed months" in stats["failed"] and "ClientPayloadError" in stats["failed"]
+    assert stats["n"] + int(stats["failed"].split()[0]) == 60

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -332,16 +332,27 @@ API_SCENARIOS = (
 
 
 def bench_api(
-    users: int, seed: int, drops: Path | None, workers: int, requests: int, seconds: float
+    users: int,
+    seed: int,
+    drops: Path | None,
+    workers: int,
+    requests: int,
+    seconds: float,
+    during_publish: bool = False,
 ) -> None:
-    """Latency and throughput of `streamflow api` and `feast serve`, same store, same run."""
+    """Latency and throughput of `streamflow api` and `feast serve`, same store, same run; with
+    `during_publish`, also `streamflow api` idle against while the next month goes online."""
     settings = Settings.from_env()
     server = database_url(settings)
     with contextlib.ExitStack() as stack:
         if drops is None:
             drops = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-")))
             generate_drops(
-                drops, users=users, months=1, seed=seed, first_month=settings.first_month
+                drops,
+                users=users,
+                months=2 if during_publish else 1,
+                seed=seed,
+                first_month=settings.first_month,
             )
         url = stack.enter_context(scratch_database(server))
         os.environ["STREAMFLOW_DATABASE_URL"] = libpq_url(url)
@@ -365,7 +376,13 @@ def bench_api(
             f"{workers} worker(s) per server, loopback, one client process"
         )
 
+        if during_publish:
+            second = partition_key(add_months(settings.first_month, 1))
+            _timed_month(second, INGEST_SELECTION | dg.AssetSelection.assets("feast_registry"))
         ours = stack.enter_context(_server_process(["api"], workers))
+        if during_publish:
+            _bench_api_during_publish(ours, url, second, requests, seconds)
+            return
         feast = stack.enter_context(_server_process(["feast-serve"], workers))
         print(f"\n{'':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'requests':>9s}")
         for what, concurrency, per_request in API_SCENARIOS:
@@ -379,6 +396,83 @@ def bench_api(
                     f"{stats['rps']:8.0f} {stats['n']:9d} {stats['failed']}",
                     flush=True,
                 )
+
+
+def _bench_api_during_publish(
+    base: str, url: URL, month: str, requests: int, seconds: float
+) -> None:
+    """One user per request at c=8, idle and while `month` is written and published online (in
+    another process, as a run would); every answer's feature views must come from one month."""
+    import json
+    import subprocess
+    import sys
+
+    first, *others = [t.snapshot.name for t in TABLES if t.snapshot and t.snapshot.feature_view]
+    in_every_view = " ".join(
+        f"AND EXISTS (SELECT 1 FROM {ident(o)} o WHERE o.user_id = s.user_id AND o.as_of = s.as_of)"
+        for o in others
+    )
+    with psycopg.connect(libpq_url(url)) as conn:
+        # Users in every view of both months: a mixed answer shows in their views' as_of dates.
+        ids = [
+            r[0]
+            for r in conn.execute(
+                f"SELECT user_id FROM {ident(first)} s WHERE as_of = %s {in_every_view} "
+                "ORDER BY md5(s.user_id) LIMIT 20000",
+                (as_of(month),),
+            ).fetchall()
+        ]
+
+    def one_month(body: bytes) -> str | None:
+        months = set(json.loads(body)["feature_views"].values())
+        return None if len(months) == 1 else "mixed months"
+
+    script = (
+        "import sys, dagster as dg; from streamflow_assets.runs import materialize_month; "
+        "r = materialize_month(sys.argv[1], selection=dg.AssetSelection.assets('online_features'));"
+        " sys.exit(0 if r.success else 1)"
+    )
+    print(
+        f"\n{'streamflow api, one user':40s} {'p50 ms':>8s} {'p99 ms':>8s} {'requests':>9s}"
+        "  failed, mixed-month answers"
+    )
+    for what, concurrency in (("c=8", 8),):
+        idle = asyncio_run_load(
+            "streamflow api", base, ids, concurrency, 1, requests, seconds,
+            inspect=one_month,
+        )  # fmt: skip
+        print(
+            f"{what + ', idle':40s} {idle['p50']:8.2f} {idle['p99']:8.2f} {idle['n']:9d}  "
+            f"{idle['failed'] or '0'}"
+        )
+        started = time.perf_counter()
+        writer = subprocess.Popen([sys.executable, "-c", script, month])
+        busy = asyncio_run_load(
+            "streamflow api", base, ids, concurrency, 1, 10**9, 3600,
+            until=lambda w=writer: w.poll() is not None, inspect=one_month,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - started
+        if writer.wait() != 0:
+            raise RuntimeError(f"online_features {month} failed")
+        label = f"{what}, {month} going online ({elapsed:.0f} s)"
+        print(
+            f"{label:40s} {busy['p50']:8.2f} {busy['p99']:8.2f} {busy['n']:9d}  "
+            f"{busy['failed'] or '0'}; p99 {busy['p99'] / idle['p99']:.1f}x idle",
+            flush=True,
+        )
+        _print_p99_by_window(busy["timeline"])
+
+
+def _print_p99_by_window(timeline: list[tuple[float, float]], width: float = 20.0) -> None:
+    first = timeline[0][0] if timeline else 0.0
+    windows: dict[int, list[float]] = {}
+    for at, ms in timeline:
+        windows.setdefault(int((at - first) // width), []).append(ms)
+    cells = []
+    for window, values in sorted(windows.items()):
+        values.sort()
+        cells.append(f"{window * width:.0f}s: {values[int(len(values) * 0.99)]:.1f}")
+    print("  p99 ms by 20 s from its start: " + ", ".join(cells))
 
 
 @contextlib.contextmanager
@@ -433,8 +527,14 @@ def asyncio_run_load(
     per_request: int,
     count: int,
     seconds: float,
+    *,
+    until: Callable[[], bool] | None = None,
+    inspect: Callable[[bytes], str | None] | None = None,
 ) -> dict:
-    """`count` requests (at most `seconds`) from `concurrency` clients; latencies in ms."""
+    """`count` requests (at most `seconds`, or until `until()` is true) from `concurrency`
+    clients, each sending its next request when the last is answered; latencies in ms.
+    `inspect` reads each 200 body and says what is wrong with it (None: nothing), which makes
+    the request a failed one."""
     import asyncio
     import random
 
@@ -453,6 +553,7 @@ def asyncio_run_load(
 
     async def run() -> dict:
         latencies: list[float] = []
+        timeline: list[tuple[float, float]] = []
         failures: list[str] = []
         deadline = time.perf_counter() + seconds
         remaining = count
@@ -466,8 +567,10 @@ def asyncio_run_load(
                 method, url, body = request_args()
                 try:
                     async with session.request(method, url, json=body) as response:
-                        await response.read()
-                        return None if response.status == 200 else f"HTTP {response.status}"
+                        content = await response.read()
+                        if response.status != 200:
+                            return f"HTTP {response.status}"
+                        return inspect(content) if inspect else None
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     return type(exc).__name__
 
@@ -477,6 +580,8 @@ def asyncio_run_load(
             async def client():
                 nonlocal remaining
                 while remaining > 0 and time.perf_counter() < deadline:
+                    if until is not None and until():
+                        break
                     remaining -= 1
                     started = time.perf_counter()
                     failure = await attempt()
@@ -484,6 +589,7 @@ def asyncio_run_load(
                         failures.append(failure)
                         continue
                     latencies.append((time.perf_counter() - started) * 1000)
+                    timeline.append((started, latencies[-1]))
 
             started = time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
@@ -499,6 +605,7 @@ def asyncio_run_load(
             "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
             "rps": len(latencies) / elapsed,
             "n": len(latencies),
+            "timeline": timeline,
         }
 
     return asyncio.run(run())
