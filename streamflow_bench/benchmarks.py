@@ -56,6 +56,22 @@ def scratch_database(server: URL) -> Iterator[URL]:
             conn.execute(f"DROP DATABASE IF EXISTS {ident(name)} WITH (FORCE)")
 
 
+def bench_drops(
+    stack: contextlib.ExitStack, drops: Path | None, users: int, months: int, seed: int
+) -> Path:
+    """The drops given, or `months` generated months of `users` users in a temporary folder
+    that lives as long as `stack`."""
+    if drops is not None:
+        return drops
+    drops = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-")))
+    started = time.perf_counter()
+    generate_drops(
+        drops, users=users, months=months, seed=seed, first_month=Settings.from_env().first_month
+    )
+    print(f"generated {months} months of {users:,} users in {time.perf_counter() - started:.1f} s")
+    return drops
+
+
 def plain_copy(url: URL, folder: Path) -> float:
     """COPY the six files into unindexed TEXT tables."""
     engine = sa.create_engine(url)
@@ -131,13 +147,7 @@ def bench_ingest(users: int, seed: int, drops: Path | None, skip_naive: bool) ->
     settings = Settings.from_env()
     server = database_url(settings)
     with contextlib.ExitStack() as stack:
-        if drops is None:
-            drops = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-")))
-            started = time.perf_counter()
-            generate_drops(
-                drops, users=users, months=2, seed=seed, first_month=settings.first_month
-            )
-            print(f"generated 2 months of {users:,} users in {time.perf_counter() - started:.1f} s")
+        drops = bench_drops(stack, drops, users, 2, seed)
         url = stack.enter_context(scratch_database(server))
         with psycopg.connect(libpq_url(url)) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
@@ -186,16 +196,7 @@ def bench_feast(
     server = database_url(settings)
     checkpoints = sorted({1, min(3, months), months})
     with contextlib.ExitStack() as stack:
-        if drops is None:
-            drops = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-")))
-            started = time.perf_counter()
-            generate_drops(
-                drops, users=users, months=months, seed=seed, first_month=settings.first_month
-            )
-            print(
-                f"generated {months} months of {users:,} users in "
-                f"{time.perf_counter() - started:.1f} s"
-            )
+        drops = bench_drops(stack, drops, users, months, seed)
         url = stack.enter_context(scratch_database(server))
         os.environ["STREAMFLOW_DATABASE_URL"] = libpq_url(url)
         os.environ["STREAMFLOW_DROPS_DIR"] = str(drops)
@@ -345,15 +346,7 @@ def bench_api(
     settings = Settings.from_env()
     server = database_url(settings)
     with contextlib.ExitStack() as stack:
-        if drops is None:
-            drops = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-")))
-            generate_drops(
-                drops,
-                users=users,
-                months=2 if during_publish else 1,
-                seed=seed,
-                first_month=settings.first_month,
-            )
+        drops = bench_drops(stack, drops, users, 2 if during_publish else 1, seed)
         url = stack.enter_context(scratch_database(server))
         os.environ["STREAMFLOW_DATABASE_URL"] = libpq_url(url)
         os.environ["STREAMFLOW_DROPS_DIR"] = str(drops)

@@ -285,20 +285,14 @@ def bench_faults(users: int, seed: int, drops: Path | None) -> None:
     """Print, per failpoint: how long the run took to reach it, what the kill left (each part of
     the state, the staging tables and their size), and the re-run that healed it."""
     from streamflow_assets.db import database_url
-    from streamflow_assets.generator import generate_drops
     from streamflow_assets.months import partition_key
     from streamflow_assets.settings import Settings, add_months
+    from streamflow_bench.benchmarks import bench_drops
 
     settings = Settings.from_env()
     months = tuple(partition_key(add_months(settings.first_month, i)) for i in range(2))
     with contextlib.ExitStack() as stack:
-        if drops is None:
-            drops = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-")))
-            started = time.perf_counter()
-            generate_drops(
-                drops, users=users, months=2, seed=seed, first_month=settings.first_month
-            )
-            print(f"generated 2 months of {users:,} users in {time.perf_counter() - started:.1f} s")
+        drops = bench_drops(stack, drops, users, 2, seed)
         server = database_url(settings)
         print(
             f"killing the run of {months[1]} (groups {', '.join(FAULT_GROUPS)}) at each failpoint, "
