@@ -39,21 +39,15 @@ from streamflow_assets.settings import Settings, add_months
 from streamflow_assets.sql import copy_in, file_chunks, ident
 from streamflow_assets.table_specs import TABLES
 from streamflow_assets.warehouse import PG_TYPES, column_ddl
+from streamflow_bench.faults import database
 
 INGEST_SELECTION = dg.AssetSelection.groups("ingestion", "snapshots")
 
 
 @contextlib.contextmanager
 def scratch_database(server: URL) -> Iterator[URL]:
-    name = f"streamflow_bench_{uuid.uuid4().hex[:8]}"
-    admin = libpq_url(server)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {ident(name)}")
-    try:
-        yield server.set(database=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {ident(name)} WITH (FORCE)")
+    with database(server, f"streamflow_bench_{uuid.uuid4().hex[:8]}") as url:
+        yield url
 
 
 def bench_drops(
