@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy.engine import URL
 
-from streamflow_assets.failpoints import FAILPOINTS
+from streamflow_assets.failpoints import FAILPOINTS, failpoint
 from streamflow_bench.faults import (
     NEW_AFTER_KILL,
     PARTS,
@@ -65,3 +65,8 @@ def test_two_months_run_at_once_end_as_one_after_the_other(server_url, seed_drop
             assert run.returncode == 0, run.output[-3000:]
         assert fingerprint(at_once) == fingerprint(one_by_one)
         assert fingerprint(at_once)["online store"]["months published"].startswith("2 rows")
+
+
+def test_an_unknown_failpoint_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"unknown failpoint 'ingest\.stagd'"):
+        failpoint("ingest.stagd")
