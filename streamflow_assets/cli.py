@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
+from streamflow_assets import noise
 from streamflow_assets.db import DatabaseUnavailableError, database_url, get_engine, libpq_url
 from streamflow_assets.embedded import EmbeddedServerError, running_server, stop_server
 from streamflow_assets.settings import (
@@ -51,6 +52,7 @@ def _server(engine) -> str:
 @click.group(cls=_Group)
 def main() -> None:
     """StreamFlow feature platform."""
+    noise.silence()
 
 
 @main.command()
@@ -352,13 +354,21 @@ def bench_imports() -> None:
 
 
 @main.command()
-def run() -> None:
-    """The main job: every month of the drops folder, oldest first, through the asset graph."""
+@click.option(
+    "--month",
+    "months_wanted",
+    multiple=True,
+    metavar="YYYY-MM",
+    help="Only this month (repeatable) [default: every month of the drops folder].",
+)
+def run(months_wanted: tuple[str, ...]) -> None:
+    """The main job: `monthly_graph` for every month of the drops folder, oldest first, recorded
+    in the run history `streamflow dev` shows."""
     import dagster as dg
 
     from streamflow_assets.generator import generate_drops
     from streamflow_assets.months import partitions_in_drops
-    from streamflow_assets.runs import materialize_month
+    from streamflow_assets.runs import run_monthly_graph
 
     settings = Settings.from_env()
     if not any(settings.drops_dir.glob("month_*")):
@@ -372,6 +382,14 @@ def run() -> None:
             dynamic=True,
         )
     months = partitions_in_drops(settings)
+    if months_wanted:
+        wanted = {f"{parse_month(m, '--month'):%Y-%m}" for m in months_wanted}
+        if missing := sorted(wanted - set(months)):
+            raise click.ClickException(
+                f"--month {', '.join(missing)}: no drop folder in {settings.drops_dir} (it holds "
+                f"{', '.join(months) or 'none'})"
+            )
+        months = {key: folder for key, folder in months.items() if key in wanted}
     click.echo(f"database: {_server(get_engine(settings))}")
     click.echo(f"drops: {len(months)} months in {settings.drops_dir}")
 
@@ -380,8 +398,14 @@ def run() -> None:
     instance = dg.DagsterInstance.get()
     failed = []
     for partition, folder in months.items():
+        click.echo(f"  {partition} ({folder.name}): monthly_graph")
+
+        def step_done(step: str, ok: bool, step_seconds: float | None, month=partition) -> None:
+            took = f"{step_seconds:.1f} s" if step_seconds is not None else "FAILED"
+            click.echo(f"    {month} {step:32s} {took}")
+
         started = time.perf_counter()
-        result = materialize_month(partition, instance=instance)
+        result = run_monthly_graph(partition, instance, on_step=step_done)
         seconds = time.perf_counter() - started
         if result.success:
             click.echo(f"  {partition} ({folder.name}): {_summary(result)} in {seconds:.1f} s")

@@ -36,6 +36,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sqlalchemy.engine import Engine
 
+from streamflow_assets.checks import (
+    BEATS_BASELINES,
+    BEATS_CHAMPION,
+    MIN_ROC_AUC,
+    ONE_SCORE_PER_USER,
+)
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.feature_store.training import LABEL, read_training_csv, training_path
 from streamflow_assets.model_registry import Candidate, Decision, Registry
@@ -54,7 +60,6 @@ SEED = 7
 MAX_TRAINING_ROWS = 500_000
 """Earlier months are sampled down to this many rows (seeded): the model gains little from more,
 and a 2-core machine trains it in well under a minute."""
-MIN_ROC_AUC = 0.6
 HGB_PARAMS = (
     "learning_rate",
     "max_iter",
@@ -260,15 +265,6 @@ def load(registry: Registry, decision: Decision) -> LoadedModel:
 
 # ---- the monthly steps -------------------------------------------------------------------------
 
-BEATS_BASELINES = (
-    f"ROC AUC above {MIN_ROC_AUC} and log loss below the majority-class baseline's, on the "
-    "hold-out. A candidate that fails is registered but not promoted; the month still completes."
-)
-BEATS_CHAMPION = (
-    "Log loss on the month's hold-out not worse than the champion as of the month before (scored "
-    "on the same rows). A candidate that fails is registered but not promoted."
-)
-
 
 def _table(frame: pd.DataFrame) -> str:
     return markdown_table(list(frame.columns), frame.itertuples(index=False))
@@ -384,20 +380,16 @@ def train_month(settings: Settings, partition: str) -> StepResult:
     )
     champion_now = registry.champion_as_of(partition)
     checks = [
-        CheckOutcome(
-            name="beats_baselines",
-            passed=beats_baselines,
-            description=f"ROC AUC {metrics['roc_auc']} (needs > {MIN_ROC_AUC}), log loss "
+        BEATS_BASELINES.outcome(
+            beats_baselines,
+            f"ROC AUC {metrics['roc_auc']} (needs > {MIN_ROC_AUC}), log loss "
             f"{metrics['log_loss']} (majority class: {majority['log_loss']})",
-            metadata={"comparison": comparison},
-            blocking=False,
+            {"comparison": comparison},
         ),
-        CheckOutcome(
-            name="beats_champion",
-            passed=beats_champion,
-            description=f"log loss {metrics['log_loss']} against {against}",
-            metadata={"comparison": comparison},
-            blocking=False,
+        BEATS_CHAMPION.outcome(
+            beats_champion,
+            f"log loss {metrics['log_loss']} against {against}",
+            {"comparison": comparison},
         ),
     ]
     return StepResult(
@@ -417,12 +409,6 @@ def train_month(settings: Settings, partition: str) -> StepResult:
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
-
-
-SCORES_CHECK = (
-    "Every user of the month's labels snapshot has exactly one score, every score lies in [0, 1], "
-    "and every score names the model version that made it (no scores before any promotion)."
-)
 
 
 def verify_scores(engine: Engine, partition: str, expected_version: str | None) -> CheckOutcome:
@@ -453,10 +439,9 @@ def verify_scores(engine: Engine, partition: str, expected_version: str | None) 
         problems.append(f"{unnamed:,} scores name no model version")
     if expected_version and versions != [expected_version]:
         problems.append(f"scored by {', '.join(versions) or 'nothing'}, not {expected_version}")
-    return CheckOutcome(
-        name="one_score_per_user",
-        passed=not problems,
-        description="; ".join(problems)
+    return ONE_SCORE_PER_USER.outcome(
+        not problems,
+        "; ".join(problems)
         or (
             f"{rows:,} scores in [0, 1] by {expected_version}"
             if expected_version

@@ -14,6 +14,8 @@ Decided by months, never by the order runs happened in:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import warnings
@@ -190,8 +192,11 @@ class Registry:
         # One lock for registering and moving the alias: runs of two months at once each see the
         # other's version before the alias is computed.
         with advisory_lock(get_engine(self.settings), "mlflow-champion"):
-            # The version carries its month's decision from the moment it exists.
-            mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
+            # The version carries its month's decision from the moment it exists. MLflow prints
+            # what it registered to stderr; the run's metadata says it already.
+            with contextlib.redirect_stderr(io.StringIO()) as printed:
+                mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
+            log.debug("mlflow: %s", printed.getvalue().strip())
             self.point_alias()
         return self.decisions()[candidate.partition]
 

@@ -20,14 +20,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.feather as feather
 
 from streamflow_assets.adapters.evidently import data_drift
+from streamflow_assets.checks import FEATURE_DRIFT
 from streamflow_assets.files import atomic_write
 from streamflow_assets.report import CheckOutcome, markdown_table
 
-FEATURE_DRIFT = (
-    "The month's training features compared with the previous month's, per feature, with "
-    "Evidently's data drift tests (a warning: drift is reported, the month completes); the "
-    "share of drifted features, each drifted one's test and score, and the HTML report."
-)
 SAMPLE_ROWS = 20_000
 """Rows of each month compared: enough for every test Evidently picks, fast at 10M users."""
 NOT_FEATURES = {"user_id", "event_timestamp", "churn_label"}
@@ -79,12 +75,10 @@ def feature_drift(
     """The `feature_drift` check of a month against the previous one (None: nothing to compare,
     which passes and says so)."""
     if previous is None or previous.num_rows == 0:
-        return CheckOutcome(
-            name="feature_drift",
-            passed=True,
-            blocking=False,
-            description=f"no previous month ({previous_partition}) to compare with",
-            metadata={"previous month": None, "drift share": 0.0},
+        return FEATURE_DRIFT.outcome(
+            True,
+            f"no previous month ({previous_partition}) to compare with",
+            {"previous month": "no previous month", "drift share": 0.0},
         )
     features = [f for f in current.schema if f.name not in NOT_FEATURES]
     numerical = [
@@ -103,11 +97,9 @@ def feature_drift(
     with atomic_write(path) as tmp:
         tmp.write_text(report.html, encoding="utf-8")
     drifted = sorted((c for c in report.columns if c.drifted), key=lambda c: -c.score)
-    return CheckOutcome(
-        name="feature_drift",
-        passed=not drifted,
-        blocking=False,
-        description=(
+    return FEATURE_DRIFT.outcome(
+        not drifted,
+        (
             f"{len(drifted)} of {len(report.columns)} features drifted since {previous_partition}: "
             + ", ".join(c.column for c in drifted)
             if drifted

@@ -1,5 +1,9 @@
 """Running the asset graph for a month in this process (`streamflow run`, benchmarks, tests)."""
 
+import threading
+import uuid
+from collections.abc import Callable
+
 import dagster as dg
 
 from streamflow_assets.defs.dead_runs import fail_dead_runs, process_tags
@@ -31,3 +35,57 @@ def materialize_month(
         run_config=QUIET,
         tags=process_tags(),
     )
+
+
+MONTHLY_GRAPH = "monthly_graph"
+_STEP_ENDS = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+
+
+def run_monthly_graph(
+    partition: str,
+    instance: dg.DagsterInstance,
+    on_step: Callable[[str, bool, float | None], None] | None = None,
+    poll_seconds: float = 0.5,
+) -> dg.ExecuteInProcessResult:
+    """Run the `monthly_graph` job for one month in this process, recorded in the instance like
+    the runs the UI, the schedule and the sensor launch (same job, same run history). `on_step`
+    hears (step, succeeded, seconds or None for a failure) as each step ends, while the run goes
+    on."""
+    from streamflow_assets.definitions import defs
+
+    fail_dead_runs(instance)
+    job = defs.resolve_job_def(MONTHLY_GRAPH)
+    run_id = str(uuid.uuid4())
+    done = threading.Event()
+
+    def follow() -> None:
+        reported: set[int] = set()
+        while True:
+            finished = done.wait(poll_seconds)
+            for record in instance.get_records_for_run(run_id, of_type=_STEP_ENDS).records:
+                event = record.event_log_entry.dagster_event
+                if record.storage_id in reported or event is None:
+                    continue
+                reported.add(record.storage_id)
+                succeeded = event.event_type == dg.DagsterEventType.STEP_SUCCESS
+                seconds = event.event_specific_data.duration_ms / 1000 if succeeded else None
+                on_step(event.step_key, succeeded, seconds)
+            if finished:
+                return
+
+    follower = threading.Thread(target=follow, daemon=True) if on_step else None
+    if follower:
+        follower.start()
+    try:
+        return job.execute_in_process(
+            partition_key=partition,
+            instance=instance,
+            run_config=QUIET,
+            tags=process_tags(),
+            run_id=run_id,
+            raise_on_error=False,
+        )
+    finally:
+        done.set()
+        if follower:
+            follower.join()

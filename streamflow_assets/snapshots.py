@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from streamflow_assets.checks import MATCHES_VALIDATED_DROP
 from streamflow_assets.months import as_of, event_timestamp
 from streamflow_assets.report import CheckOutcome, MissingInputError
 from streamflow_assets.sql import first_rows, ident, literal, replace_table, table_exists
@@ -104,14 +105,6 @@ def build_snapshots(
         return list(pool.map(build, specs))
 
 
-MATCHES_VALIDATED_DROP = (
-    "The month's snapshot holds exactly the month's validated drop: the same number of rows and "
-    "the same content (a hash over user_id and the snapshot columns), one row per user (the "
-    "partition's primary key), as_of and "
-    "event_timestamp exactly the month's."
-)
-
-
 def verify_snapshot(engine: Engine, spec: TableSpec, partition: str) -> CheckOutcome:
     """Compare snapshot month `partition` with the month's validated drop, inside PostgreSQL."""
     snapshot = spec.snapshot
@@ -141,8 +134,7 @@ def verify_snapshot(engine: Engine, spec: TableSpec, partition: str) -> CheckOut
         problems.append(f"{wrong_dates:,} rows with another as_of or event_timestamp")
     if content != drop_content and rows == drop_rows:
         problems.append("the same number of rows with different values")
-    return CheckOutcome(
-        name="matches_validated_drop",
+    return MATCHES_VALIDATED_DROP.outcome(
         asset=snapshot.name,
         passed=not problems,
         description="; ".join(problems)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import venv
@@ -66,6 +67,44 @@ def test_the_api_imports_neither_dagster_nor_great_expectations():
     result = run([sys.executable, "-c", probe], cwd=PROJECT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.smoke
+def test_the_code_location_loads_quietly_without_the_libraries_that_do_the_work():
+    # Every run, sensor tick and UI reload imports it: Feast, Great Expectations, scikit-learn,
+    # Evidently and MLflow are imported by the steps that use them (`streamflow bench imports`).
+    heavy = ("feast", "great_expectations", "sklearn", "evidently", "mlflow", "pandas")
+    probe = (
+        "import sys, streamflow_assets.definitions; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    result = run([sys.executable, "-c", probe], cwd=PROJECT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert result.stderr == "", result.stderr
+
+
+@pytest.mark.smoke
+def test_readme_gives_every_check_the_severity_the_graph_declares():
+    from streamflow_assets.definitions import defs
+
+    declared = {
+        spec.name: spec.blocking
+        for asset in defs.assets
+        for spec in getattr(asset, "check_specs", [])
+    }
+    # README's check tables: | ... | `check`, `check` | blocking or warning | ...
+    documented = {}
+    for line in (PROJECT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        for i, cell in enumerate(cells[1:], start=1):
+            if cell in ("blocking", "warning"):
+                for name in re.findall(r"`(\w+)`", cells[i - 1]):
+                    documented[name] = cell == "blocking"
+    undocumented = sorted(set(declared) - set(documented))
+    assert not undocumented, f"README has no severity for {undocumented}"
+    wrong = sorted(n for n in declared if documented[n] != declared[n])
+    assert not wrong, f"README's severity differs from the graph's for {wrong}"
 
 
 @pytest.mark.smoke

@@ -82,9 +82,13 @@ def test_schedule_skips_before_the_first_month(drops):
 
 
 def tick(cursor: str | None = None) -> dg.SensorResult:
-    return new_drop_sensor(
-        dg.build_sensor_context(cursor=cursor, resources={"streamflow": streamflow_settings()})
-    )
+    """A tick on an instance that has materialized nothing (no month was loaded before)."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        return new_drop_sensor(
+            dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"streamflow": streamflow_settings()}
+            )
+        )
 
 
 def test_a_new_folder_runs_once_after_a_tick_without_change(drops, seed_drops):

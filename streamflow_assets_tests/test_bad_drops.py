@@ -10,6 +10,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from streamflow_assets.checks import drop_checks
+from streamflow_assets.table_specs import TABLES
 from streamflow_assets_tests.conftest import Warehouse, edit_csv, failure_text
 
 FEBRUARY = "month_001"
@@ -187,6 +189,19 @@ def test_a_bad_drop_is_refused_with_a_clear_error_and_changes_nothing(case, new_
     assert warehouse.state() == before
     failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
     assert failed and {c.partition for c in failed} == {"2024-02"}
+    # Every check of every file has a result: those a failure stopped say so and why.
+    results = {(c.asset_key.path[0], c.check_name): c for c in result.get_asset_check_evaluations()}
+    for spec in TABLES:
+        for check in drop_checks(spec.name, has_label=spec.label_column is not None):
+            assert (spec.name, check.name) in results, f"{spec.name}.{check.name} has no result"
+    not_run = [c for c in results.values() if not c.metadata["evaluated"].value]
+    for check in not_run:
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+        assert check.description.startswith("not evaluated: "), check.description
+        assert check.description.endswith(" failed first") or "users.csv" in check.description
+    if case == "missing column":
+        stopped = results["subscriptions", "values_parse"]
+        assert stopped.description == "not evaluated: file_format failed first"
 
 
 def test_a_partition_without_a_folder_names_the_folder(new_warehouse, january):
@@ -235,9 +250,24 @@ def test_warnings_do_not_block_the_drop(new_warehouse, january):
     assert missing.metadata["unexpected rows"].value > 0
     shrunk = checks["usage_agg_30d", "row_count_stable"]
     assert not shrunk.passed
+    rows, previous = shrunk.metadata["rows"].value, shrunk.metadata["previous month's rows"].value
+    assert rows < 0.8 * previous
+    assert shrunk.metadata["change"].value == f"{(rows - previous) / previous:+.1%}"
     assert checks["users", "row_count_stable"].passed
 
     # The drop is in, but February's new users have no usage values at all: no training set.
     training = warehouse.materialize("2024-02", ["feast_registry", "training_dataset"])
     assert not training.success
     assert "no_unexpected_null_feature: watch_hours_30d" in failure_text(training)
+
+
+def test_the_first_month_has_no_row_count_to_compare_and_says_so(new_warehouse):
+    warehouse = new_warehouse()
+    result = warehouse.materialize("2024-01", dg.AssetSelection.groups("ingestion"))
+    assert result.success, failure_text(result)
+    checks = {(c.asset_key.path[0], c.check_name): c for c in result.get_asset_check_evaluations()}
+    first = checks["users", "row_count_stable"]
+    assert first.passed
+    assert first.description == "no previous month to compare with: nothing to check yet"
+    assert first.metadata["rows"].value > 0
+    assert first.metadata["previous month's rows"].value == "no previous month"

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dagster as dg
 import psutil
 import psycopg
 import pytest
@@ -133,3 +134,44 @@ def test_run_on_a_fresh_folder_writes_a_sample_and_loads_every_month(home):
     with psycopg.connect(url_of(home)) as conn:
         months = conn.execute("SELECT DISTINCT as_of FROM labels_snapshots ORDER BY 1").fetchall()
     assert [str(m[0]) for m in months] == ["2024-01-31", "2024-02-29", "2024-03-31"]
+    # Quiet: progress on stdout, and not one warning (the known third-party ones are silenced).
+    assert "    2024-02 online_features " in result.stdout
+    assert result.stderr == "", result.stderr
+
+    # One run history: a monthly_graph run per month, in the instance `streamflow dev` opens.
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = instance.get_runs()
+        assert sorted((r.job_name, r.tags["dagster/partition"]) for r in runs) == [
+            ("monthly_graph", "2024-01"),
+            ("monthly_graph", "2024-02"),
+            ("monthly_graph", "2024-03"),
+        ]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+
+        # The sensor, switched on afterwards, runs none of the months `streamflow run` loaded...
+        drops = work / "data" / "seeds"
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("STREAMFLOW_HOME", str(home))
+            env.setenv("STREAMFLOW_DROPS_DIR", str(drops))
+            first = sensor_tick(instance)
+            second = sensor_tick(instance, first.cursor)
+            assert not second.run_requests
+            assert "month_001: 2024-02 was materialized from these files already" in (
+                second.skip_reason.skip_message
+            )
+            # ...but does run a month whose drop was corrected since.
+            labels = drops / "month_001" / "labels.csv"
+            labels.write_bytes(labels.read_bytes())
+            third = sensor_tick(instance, second.cursor)
+            fourth = sensor_tick(instance, third.cursor)
+            assert [r.partition_key for r in fourth.run_requests] == ["2024-02"]
+
+
+def sensor_tick(instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
+    from streamflow_assets.defs.automation import new_drop_sensor
+    from streamflow_assets.defs.resources import streamflow_settings
+
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"streamflow": streamflow_settings()}
+    )
+    return new_drop_sensor(context)

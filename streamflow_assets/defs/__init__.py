@@ -7,3 +7,8 @@ call the domain (the rest of streamflow_assets, which never imports Dagster).
 - dead_runs.py: which process does a run's work, and marking failed the runs whose process died
 - graph.py: the graph as text, compared with docs/asset_graph.txt by the tests
 """
+
+from streamflow_assets import noise
+
+# Before any declaration: some of the known warnings are raised by the declarations themselves.
+noise.silence()

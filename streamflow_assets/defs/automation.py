@@ -21,6 +21,7 @@ from streamflow_assets.defs.resources import StreamflowSettings
 from streamflow_assets.ingestion.drops import DropState
 from streamflow_assets.months import drop_folder, partition_key, partition_of_folder
 from streamflow_assets.settings import add_months
+from streamflow_assets.table_specs import TABLES
 
 AUTOMATION_VAR = "STREAMFLOW_AUTOMATION"
 
@@ -28,7 +29,6 @@ monthly_graph = dg.define_asset_job(
     "monthly_graph",
     # The freshness check looks at the newest month, not the run's: its sensor evaluates it.
     selection=dg.AssetSelection.all() - dg.AssetSelection.checks(*online_freshness_checks),
-    partitions_def=monthly_partitions,
     description="Every monthly asset for one month: ingestion, snapshots, the Feast registry and "
     "online store, the training CSV, the churn model and its scores.",
 )
@@ -82,8 +82,9 @@ def monthly_schedule(context: dg.ScheduleEvaluationContext, streamflow: Streamfl
     default_status=default_status(),
     description="Watches STREAMFLOW_DROPS_DIR. A month_NNN folder whose six files are all there "
     "and unchanged since the previous tick runs its month once; a corrected drop (a file's size "
-    "or time changed) runs again. Folders that map to no partition or are still being written "
-    "are reported in the tick, not run.",
+    "or time changed) runs again. A month whose files are exactly the ones its live tables were "
+    "last materialized from (by `streamflow run`, the UI or an earlier sensor) is not run again. "
+    "Folders that map to no partition or are still being written are reported in the tick.",
 )
 def new_drop_sensor(context: dg.SensorEvaluationContext, streamflow: StreamflowSettings):
     settings = streamflow.settings()
@@ -121,6 +122,9 @@ def new_drop_sensor(context: dg.SensorEvaluationContext, streamflow: StreamflowS
             reports.append(f"{folder.name}: complete; runs if unchanged at the next tick")
             continue
         requested[folder.name] = fingerprint
+        if loaded_from(context.instance, partition, state):
+            reports.append(f"{folder.name}: {partition} was materialized from these files already")
+            continue
         runs.append(
             dg.RunRequest(
                 partition_key=partition,
@@ -137,6 +141,22 @@ def new_drop_sensor(context: dg.SensorEvaluationContext, streamflow: StreamflowS
         skip_reason="; ".join(reports) or "every complete drop has run",
         cursor=next_cursor,
     )
+
+
+def loaded_from(instance: dg.DagsterInstance, partition: str, state: DropState) -> bool:
+    """Whether the newest materialization of each live table for the month recorded the drop
+    file exactly as it is now (its `file stamp`: size and modification time), whoever ran it."""
+    stamps = state.stamp_texts()
+    for spec in TABLES:
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(spec.name), asset_partitions=[partition]),
+            limit=1,
+        ).records
+        materialization = found[0].asset_materialization if found else None
+        recorded = materialization.metadata.get("file stamp") if materialization else None
+        if recorded is None or recorded.value != stamps.get(spec.file_name):
+            return False
+    return True
 
 
 # ---- the online store's deadline ------------------------------------------------------------

@@ -5,26 +5,19 @@ Both are monthly like everything else, so `--select '*' --partition M` runs a wh
 
 import dagster as dg
 
+from streamflow_assets.checks import (
+    EVERY_USER_ONLINE,
+    ONLINE_MATCHES_OFFLINE,
+    REGISTRY_MATCHES_REPO,
+)
 from streamflow_assets.defs.common import as_failures, check_result, check_spec, metadata
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
-from streamflow_assets.feature_store.materialize import materialize_month
-from streamflow_assets.feature_store.registry import (
-    REGISTRY_MATCHES_REPO,
-    apply_repo,
-    verify_registry,
-)
 from streamflow_assets.feature_store.repo import (
     FEATURE_SERVICE,
     definitions_version,
     feature_repo,
     feature_store,
-)
-from streamflow_assets.feature_store.verify import (
-    EVERY_USER_ONLINE,
-    ONLINE_MATCHES_OFFLINE,
-    every_user_online,
-    online_matches_offline,
 )
 from streamflow_assets.months import as_of
 from streamflow_assets.report import Markdown
@@ -40,9 +33,7 @@ FEATURE_VIEW_SNAPSHOTS = [s.snapshot.name for s in SNAPSHOT_TABLES if s.snapshot
     deps=FEATURE_VIEW_SNAPSHOTS,
     code_version=definitions_version(feature_repo(Settings.from_env())),
     kinds={"feast", "postgres"},
-    check_specs=[
-        check_spec("registry_matches_repo", "feast_registry", REGISTRY_MATCHES_REPO, blocking=True)
-    ],
+    check_specs=[check_spec(REGISTRY_MATCHES_REPO, "feast_registry")],
 )
 def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
     """Feast's registry, `feast apply` of `feature_repo/`: the `user` entity, a PostgreSQL source
@@ -51,6 +42,8 @@ def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSett
 
     Idempotent: applying unchanged definitions changes nothing. The code version is a hash of
     feature_repo's files, so after an edit this asset shows as stale until it is applied."""
+    from streamflow_assets.feature_store.registry import apply_repo, verify_registry
+
     settings = streamflow.settings()
     engine = streamflow.engine()  # a clear error if the database does not answer
     store, repo = feature_store(settings), feature_repo(settings)
@@ -83,10 +76,8 @@ def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSett
     deps=[feast_registry],
     kinds={"feast", "postgres"},
     check_specs=[
-        check_spec("every_user_online", "online_features", EVERY_USER_ONLINE, blocking=True),
-        check_spec(
-            "online_matches_offline", "online_features", ONLINE_MATCHES_OFFLINE, blocking=True
-        ),
+        check_spec(EVERY_USER_ONLINE, "online_features"),
+        check_spec(ONLINE_MATCHES_OFFLINE, "online_features"),
     ],
 )
 def online_features(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
@@ -98,6 +89,9 @@ def online_features(context: dg.AssetExecutionContext, streamflow: StreamflowSet
     `streamflow_assets/feature_store/online.py`): every feature view's table is rebuilt beside
     the live one, then all are swapped in in one transaction, so the API and `feast serve` keep
     answering meanwhile and never serve one user two months."""
+    from streamflow_assets.feature_store.materialize import materialize_month
+    from streamflow_assets.feature_store.verify import every_user_online, online_matches_offline
+
     window = context.partition_time_window
     engine, store = streamflow.engine(), feature_store(streamflow.settings())
     with as_failures():

@@ -9,17 +9,11 @@ months loaded in any order end with every model trained on exactly its window.
 
 import dagster as dg
 
+from streamflow_assets.checks import BEATS_BASELINES, BEATS_CHAMPION, ONE_SCORE_PER_USER
 from streamflow_assets.defs.common import as_failures, check_result, check_spec, metadata
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
 from streamflow_assets.defs.training import training_dataset
-from streamflow_assets.model import (
-    BEATS_BASELINES,
-    BEATS_CHAMPION,
-    SCORES_CHECK,
-    score_month,
-    train_month,
-)
 from streamflow_assets.settings import Settings
 from streamflow_assets.warehouse import partition_lock
 
@@ -54,8 +48,8 @@ a re-decided month before it) is run again, once nothing upstream is missing or 
     kinds={"scikitlearn", "mlflow"},
     automation_condition=FOLLOW_INPUTS,
     check_specs=[
-        check_spec("beats_baselines", "churn_model", BEATS_BASELINES, blocking=False),
-        check_spec("beats_champion", "churn_model", BEATS_CHAMPION, blocking=False),
+        check_spec(BEATS_BASELINES, "churn_model"),
+        check_spec(BEATS_CHAMPION, "churn_model"),
     ],
 )
 def churn_model(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
@@ -67,6 +61,8 @@ def churn_model(context: dg.AssetExecutionContext, streamflow: StreamflowSetting
     Promoted (alias `champion`) only when it beats the baselines and the champion as of the
     month before on this month's hold-out. A candidate that loses is recorded and the month
     completes: its checks say it lost."""
+    from streamflow_assets.model import train_month
+
     partition = context.partition_key
     with as_failures(), partition_lock(streamflow.engine(), "churn_model", partition):
         result = train_month(streamflow.settings(), partition)
@@ -80,12 +76,14 @@ def churn_model(context: dg.AssetExecutionContext, streamflow: StreamflowSetting
     deps=[churn_model],
     kinds={"scikitlearn", "postgres"},
     automation_condition=FOLLOW_INPUTS,
-    check_specs=[check_spec("one_score_per_user", "churn_scores", SCORES_CHECK, blocking=True)],
+    check_specs=[check_spec(ONE_SCORE_PER_USER, "churn_scores")],
 )
 def churn_scores(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
     """`churn_scores`: every user of the month scored by the champion as of the month (user_id,
     as_of, score, model_version), from the features of the month's training CSV. Re-running a
     month replaces exactly that month's rows."""
+    from streamflow_assets.model import score_month
+
     engine, partition = streamflow.engine(), context.partition_key
     with as_failures(), partition_lock(engine, "churn_scores", partition):
         result = score_month(engine, streamflow.settings(), partition)

@@ -60,8 +60,8 @@ class StreamflowSettings(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # The run's worker process, named on the run: `dead_run_sensor` marks the run failed
         # if this process dies before the run ends.
-        if context.instance is not None and context.run_id:
-            tag_run_process(context.instance, context.run_id)
+        if context.instance is not None and context.run is not None:
+            tag_run_process(context.instance, context.run.run_id)
 
 
 _FIELDS = {

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from streamflow_assets.checks import MATCHES_VALIDATED_DROP
 from streamflow_assets.defs.common import (
     as_failures,
     check_result,
@@ -11,7 +12,6 @@ from streamflow_assets.defs.common import (
 )
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
-from streamflow_assets.snapshots import MATCHES_VALIDATED_DROP, build_snapshots
 from streamflow_assets.table_specs import SNAPSHOT_TABLES, TableSpec
 from streamflow_assets.warehouse import partition_lock
 
@@ -41,16 +41,15 @@ def _asset_spec(spec: TableSpec) -> dg.AssetSpec:
     name="snapshot_monthly_drop",
     specs=[_asset_spec(spec) for spec in SNAPSHOT_TABLES],
     check_specs=[
-        check_spec(
-            "matches_validated_drop", spec.snapshot.name, MATCHES_VALIDATED_DROP, blocking=True
-        )
-        for spec in SNAPSHOT_TABLES
+        check_spec(MATCHES_VALIDATED_DROP, spec.snapshot.name) for spec in SNAPSHOT_TABLES
     ],
     partitions_def=monthly_partitions,
     can_subset=True,
 )
 def snapshot_monthly_drop(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
     """Rebuild the selected snapshot tables' month from the month's validated drop."""
+    from streamflow_assets.snapshots import build_snapshots
+
     engine, partition = streamflow.engine(), context.partition_key
     selected = [
         s for s in SNAPSHOT_TABLES if dg.AssetKey(s.snapshot.name) in context.selected_asset_keys

@@ -2,13 +2,12 @@
 
 import dagster as dg
 
+from streamflow_assets.checks import FEATURE_DRIFT, TRAINING_CHECKS
 from streamflow_assets.defs.common import as_failures, check_result, check_spec, metadata
 from streamflow_assets.defs.feature_store import feast_registry
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
 from streamflow_assets.feature_store.repo import feature_store
-from streamflow_assets.feature_store.training import CHECKS, build_training_csv
-from streamflow_assets.monitoring import FEATURE_DRIFT
 from streamflow_assets.table_specs import LABELS
 
 
@@ -18,11 +17,7 @@ from streamflow_assets.table_specs import LABELS
     deps=[feast_registry, LABELS.snapshot.name],
     kinds={"feast", "csv"},
     check_specs=[
-        *(
-            check_spec(name, "training_dataset", text, blocking=True)
-            for name, text in CHECKS.items()
-        ),
-        check_spec("feature_drift", "training_dataset", FEATURE_DRIFT, blocking=False),
+        check_spec(check, "training_dataset") for check in [*TRAINING_CHECKS, FEATURE_DRIFT]
     ],
 )
 def training_dataset(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
@@ -31,6 +26,8 @@ def training_dataset(context: dg.AssetExecutionContext, streamflow: StreamflowSe
     (never a later value), and the month's churn_label.
 
     Written only when its checks pass, and atomically (a reader never sees half a file)."""
+    from streamflow_assets.feature_store.training import build_training_csv
+
     settings = streamflow.settings()
     with as_failures():
         result = build_training_csv(

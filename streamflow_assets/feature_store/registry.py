@@ -10,6 +10,7 @@ from feast import FeatureStore
 from sqlalchemy.engine import Engine
 
 from streamflow_assets.adapters.feast import Project, RepoContents, TransitionType, apply_plan
+from streamflow_assets.checks import REGISTRY_MATCHES_REPO
 from streamflow_assets.feature_store.repo import repo_contents
 from streamflow_assets.report import CheckOutcome, Markdown
 from streamflow_assets.sql import advisory_lock
@@ -67,11 +68,6 @@ def record_intervals(engine: Engine, store: FeatureStore, start: datetime, end: 
             if (start, end) not in view.materialization_intervals:
                 store.registry.apply_materialization(view, store.project, start, end)
 
-
-REGISTRY_MATCHES_REPO = (
-    "After apply, Feast's plan of the repository against the registry shows no pending change, and "
-    "every feature view's source table exists with a column of a compatible type for each field."
-)
 
 _COMPATIBLE = {
     "Int64": {"smallint", "integer", "bigint"},
@@ -140,8 +136,7 @@ def verify_registry(engine: Engine, store: FeatureStore, repo: Path) -> CheckOut
                     problems.append(
                         f"{view.name}: {table}.{field.name} is {found}, not a {field.dtype} type"
                     )
-    return CheckOutcome(
-        name="registry_matches_repo",
+    return REGISTRY_MATCHES_REPO.outcome(
         passed=not pending and not problems,
         description="; ".join(pending + problems)
         or "the registry matches the repository; every source column is there",

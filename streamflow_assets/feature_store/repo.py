@@ -14,11 +14,14 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from feast import FeatureStore
-
-from streamflow_assets.adapters.feast import RepoContents, parse_repo, repo_files
 from streamflow_assets.settings import FEATURE_REPO_VAR, Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from streamflow_assets.adapters.feast import RepoContents
 
 FEATURE_SERVICE = "churn_features"
 
@@ -51,6 +54,8 @@ def feature_store(settings: Settings) -> FeatureStore:
 
 @functools.cache
 def _store(repo: Path, database_url, home: Path) -> FeatureStore:
+    from feast import FeatureStore
+
     return FeatureStore(repo_path=str(repo))
 
 
@@ -62,6 +67,8 @@ def feast_command(repo: Path, *args: str) -> list[str]:
 def repo_contents(repo: Path) -> RepoContents:
     """The objects `feast apply` would register, parsed the way the feast CLI does, from the
     files as they are now (a long-lived process re-reads an edited definition)."""
+    from streamflow_assets.adapters.feast import parse_repo, repo_files
+
     with _parse_lock, _working_directory(repo):
         # The repository's modules import each other by bare name (`from entities import user`),
         # as the feast CLI runs them: this repository first on the path, none of them cached.
@@ -74,9 +81,18 @@ def repo_contents(repo: Path) -> RepoContents:
 
 
 def definitions_version(repo: Path) -> str:
-    """A hash of the repository's files: changes whenever a definition does."""
+    """A hash of the repository's files: changes whenever a definition does. Every Python file
+    counts (a superset of what the feast CLI reads), so the code location computes it at import
+    without loading Feast."""
+    python = [
+        p
+        for p in repo.rglob("*.py")
+        if not any(
+            part.startswith(".") or part == "__pycache__" for part in p.relative_to(repo).parts
+        )
+    ]
     digest = hashlib.sha256()
-    for path in sorted([*repo_files(repo), repo / "feature_store.yaml"]):
+    for path in sorted([*python, repo / "feature_store.yaml"]):
         digest.update(path.relative_to(repo).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

@@ -26,12 +26,17 @@ from feast import FeatureService, FeatureStore
 from feast.types import Bool, Float64, Int64, String
 from sqlalchemy.engine import Engine
 
+from streamflow_assets.checks import (
+    LABEL_RATE_IN_RANGE,
+    NO_UNEXPECTED_NULL_FEATURE,
+    ONE_ROW_PER_SNAPSHOT_USER,
+)
 from streamflow_assets.feature_store.fields import NULLABLE_TAG
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.files import atomic_write
 from streamflow_assets.monitoring import feature_drift, keep_sample, kept_sample, read_features
 from streamflow_assets.months import as_of, event_timestamp, previous_month
-from streamflow_assets.report import CheckOutcome, StepRefused, StepResult, markdown_table
+from streamflow_assets.report import StepRefused, StepResult, markdown_table
 from streamflow_assets.sql import copy_out, ident, inline, literal
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
 
@@ -159,13 +164,6 @@ def write_csv_atomically(table: pa.Table, path: Path) -> None:
 
 # ---- the month's training set and its checks ----------------------------------------------
 
-CHECKS = {
-    "one_row_per_snapshot_user": "Exactly one row per user of labels_snapshots for the month.",
-    "no_unexpected_null_feature": "No empty feature value, except where the feature's "
-    "definition says it may be empty (tag `nullable`).",
-    "label_rate_in_range": "The share of churned users lies between 1% and 99%.",
-}
-
 
 def build_training_csv(
     engine: Engine, store: FeatureStore, output_dir: Path, partition: str
@@ -241,8 +239,7 @@ def _check(engine: Engine, store: FeatureStore, table: pa.Table, partition: str)
         ).scalar()
     users = table.column("user_id")
     distinct = pc.count_distinct(users).as_py()
-    yield CheckOutcome(
-        name="one_row_per_snapshot_user",
+    yield ONE_ROW_PER_SNAPSHOT_USER.outcome(
         passed=table.num_rows == expected == distinct and expected > 0,
         description=f"{table.num_rows} rows, {distinct} distinct users; labels_snapshots "
         f"{partition} has {expected} users",
@@ -261,8 +258,7 @@ def _check(engine: Engine, store: FeatureStore, table: pa.Table, partition: str)
             mask = pc.is_null(table.column(name))
             sample = table.filter(mask).column("user_id").slice(0, 5).to_pylist()
             unexpected[name] = f"{nulls} empty (e.g. {', '.join(sample)})"
-    yield CheckOutcome(
-        name="no_unexpected_null_feature",
+    yield NO_UNEXPECTED_NULL_FEATURE.outcome(
         passed=not unexpected,
         description="; ".join(f"{k}: {v}" for k, v in unexpected.items())
         or f"no empty value in the {len(features) - len(nullable)} features that must be set",
@@ -275,8 +271,7 @@ def _check(engine: Engine, store: FeatureStore, table: pa.Table, partition: str)
     labels = table.column(LABEL)
     rate = pc.mean(labels.cast(pa.float64())).as_py() if table.num_rows else None
     low, high = LABEL_RATE_RANGE
-    yield CheckOutcome(
-        name="label_rate_in_range",
+    yield LABEL_RATE_IN_RANGE.outcome(
         passed=rate is not None and labels.null_count == 0 and low <= rate <= high,
         description=f"churn rate {rate:.2%}, {labels.null_count} empty labels"
         if rate is not None

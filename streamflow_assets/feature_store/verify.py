@@ -19,6 +19,7 @@ from feast import FeatureStore, FeatureView
 from sqlalchemy.engine import Engine
 
 from streamflow_assets.adapters.feast import entity_key_prefix, type_checks_off
+from streamflow_assets.checks import EVERY_USER_ONLINE, ONLINE_MATCHES_OFFLINE
 from streamflow_assets.feature_store.online import online_table, published_months
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.feature_store.training import training_table
@@ -27,16 +28,6 @@ from streamflow_assets.report import CheckOutcome, markdown_table
 from streamflow_assets.sql import background_session, ident
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
 
-EVERY_USER_ONLINE = (
-    "Every user of the month's snapshots is online in every feature view with an event time at or "
-    "after the month's; no online row belongs to a user no month ever had; the month is published "
-    "and Feast's registry records its materialization interval for every feature view."
-)
-ONLINE_MATCHES_OFFLINE = (
-    "For a seeded sample of the month's users, the values Feast's get_online_features serves "
-    "through the churn_features service (on-demand features included) equal the training path's "
-    "values for the same users at the month they are served from."
-)
 SAMPLE_SIZE = 300
 EXAMPLES = 5
 
@@ -63,8 +54,7 @@ def every_user_online(engine: Engine, store: FeatureStore, partition: str) -> Ch
         problems.append(f"{partition} is not recorded as published online")
     if unrecorded:
         problems.append(f"the registry has no interval for {partition} on {', '.join(unrecorded)}")
-    return CheckOutcome(
-        name="every_user_online",
+    return EVERY_USER_ONLINE.outcome(
         passed=not problems and all(r["month users"] for r in rows) and bool(rows),
         description="; ".join(problems)
         or (
@@ -194,8 +184,7 @@ def online_matches_offline(
         problems.append(
             f"{len(mismatches)} values differ, in {len({m[0] for m in mismatches})} users"
         )
-    return CheckOutcome(
-        name="online_matches_offline",
+    return ONLINE_MATCHES_OFFLINE.outcome(
         passed=not problems,
         description="; ".join(problems)
         or f"{compared} sampled users x {len(names)} features: online equals offline",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ class DropFile:
     """Column names as the file has them (a UTF-8 BOM removed)."""
     data_rows: int
     """Lines after the header: the rows COPY must stage."""
+    stamp: tuple[int, int] = (0, 0)
+    """The file's size and mtime_ns when it was read: what the new-drop sensor compares to tell
+    whether a month's files changed since they were last loaded."""
 
 
 def _kind(path: Path) -> str:
@@ -67,6 +71,7 @@ def open_drop_file(settings: Settings, spec: TableSpec, partition: str) -> DropF
             )
         raise DropError(f"{path} is missing: a month's drop has {', '.join(DROP_FILES)}")
     with open(path, "rb") as f:
+        info = os.fstat(f.fileno())
         first = f.readline()
         if not first.strip():
             raise DropError(f"{path} is empty: expected a header row and one row per user")
@@ -80,7 +85,8 @@ def open_drop_file(settings: Settings, spec: TableSpec, partition: str) -> DropF
         raise DropError(f"{path}: the header row is not UTF-8 text") from None
     header = tuple(h.strip() for h in next(csv.reader([line])))
     lines = newlines + (0 if last.endswith(b"\n") else 1)
-    return DropFile(spec, partition, path, header, data_rows=lines - 1)
+    stamp = (info.st_size, info.st_mtime_ns)
+    return DropFile(spec, partition, path, header, data_rows=lines - 1, stamp=stamp)
 
 
 def stage_raw(engine: Engine, drop: DropFile) -> str:
@@ -157,3 +163,13 @@ class DropState:
     def fingerprint(self) -> str:
         text = json.dumps(self.stamps, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def stamp_texts(self) -> dict[str, str]:
+        """file name -> its stamp as the ingestion step records it (`file stamp` metadata)."""
+        return {name: stamp_text(stamp) for name, stamp in self.stamps.items()}
+
+
+def stamp_text(stamp) -> str:
+    """A file's (size, mtime_ns) as text: "<bytes> bytes, mtime_ns <n>"."""
+    size, mtime_ns = stamp
+    return f"{size} bytes, mtime_ns {mtime_ns}"

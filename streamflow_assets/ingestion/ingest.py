@@ -18,6 +18,15 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from streamflow_assets.checks import (
+    ALL_USERS_PRESENT,
+    ALLOWED_VALUES,
+    FILE_FORMAT,
+    ROW_COUNT_STABLE,
+    USER_IDS,
+    VALUES_PARSE,
+    drop_checks,
+)
 from streamflow_assets.failpoints import failpoint
 from streamflow_assets.ingestion.drops import (
     DropError,
@@ -26,15 +35,10 @@ from streamflow_assets.ingestion.drops import (
     drop_staging_table,
     open_drop_file,
     stage_raw,
+    stamp_text,
 )
 from streamflow_assets.ingestion.publish import publish_drop
 from streamflow_assets.ingestion.validation import (
-    ALL_USERS_PRESENT,
-    ALLOWED_VALUES,
-    FILE_FORMAT,
-    ROW_COUNT_STABLE,
-    USER_IDS,
-    VALUES_PARSE,
     CheckReport,
     Outcome,
     Validator,
@@ -159,17 +163,53 @@ def check_values(
     if staged.typed is None:
         return
     spec = staged.spec
+    previous_rows = _previous_rows(engine, spec, partition)
     suites = {
         USER_IDS: user_id_expectations(spec, users if spec.name != USERS.name else None),
         ALLOWED_VALUES: value_expectations(spec, as_of(partition)),
-        ROW_COUNT_STABLE: row_count_expectations(_previous_rows(engine, spec, partition)),
+        ROW_COUNT_STABLE: row_count_expectations(previous_rows),
     }
     if spec.name != USERS.name and users is not None:
         suites[ALL_USERS_PRESENT] = coverage_expectations(users)
     with staged.timed("validate typed"):
         staged.reports += Validator(engine.url).table(STAGING_SCHEMA, staged.typed, suites)
+    _count_numbers(staged, previous_rows)
     if spec.label_column is not None:
         staged.reports.append(_label_rate(engine, spec, staged.typed, partition))
+
+
+def _count_numbers(staged: StagedFile, previous: int | None) -> None:
+    """row_count_stable says what it compared: the rows, the previous month's, the change."""
+    report = next(r for r in staged.reports if r.check == ROW_COUNT_STABLE)
+    rows = staged.drop.data_rows
+    report.numbers = {
+        "rows": rows,
+        "previous month's rows": previous if previous is not None else "no previous month",
+        "change": f"{(rows - previous) / previous:+.1%}" if previous else "no previous month",
+    }
+    if not previous:
+        report.note = "no previous month to compare with: nothing to check yet"
+
+
+def not_evaluated(staged: StagedFile, users_passed: bool) -> list[CheckReport]:
+    """The file's checks that did not run, each saying why: a blocking check that fails stops
+    the file, and the checks against the month's users need a users file that passed."""
+    done = {report.check for report in staged.reports}
+    stopped_by = next(
+        (r.check.name for r in staged.reports if r.check.blocking and not r.passed), None
+    )
+    if stopped_by is not None:
+        why = f"not evaluated: {stopped_by} failed first"
+    elif not users_passed:
+        why = f"not evaluated: {USERS.file_name} did not pass its checks (no month's user list)"
+    else:
+        why = "not evaluated"
+    spec = staged.spec
+    return [
+        CheckReport(check, [], note=why, evaluated=False)
+        for check in drop_checks(spec.name, has_label=spec.label_column is not None)
+        if check not in done
+    ]
 
 
 def _label_rate(engine: Engine, spec: TableSpec, typed: str, partition: str) -> CheckReport:
@@ -220,6 +260,8 @@ def staged_drop(
             staged_users = next((f for f in files if f.spec.name == USERS.name), None)
             users = _users_reference(engine, partition, staged_users)
             list(pool.map(lambda f: check_values(engine, f, partition, users), files))
+        for staged in files:
+            staged.reports += not_evaluated(staged, users_passed=users is not None)
         failpoint("ingest.validated")
         yield files
     finally:
@@ -268,6 +310,7 @@ def publish(
             metadata[staged.spec.name] = {
                 "as_of": str(as_of(partition)),
                 "file": staged.drop.path.as_posix(),
+                "file stamp": stamp_text(staged.drop.stamp),
                 "rows staged": staged.drop.data_rows,
                 "rows inserted": table.inserted,
                 "rows updated": table.updated,

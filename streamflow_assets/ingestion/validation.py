@@ -27,13 +27,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from streamflow_assets.adapters.gx import UnexpectedRowCount, context, gx, gxe
+from streamflow_assets.checks import LABEL_RATE_JUMP, LABEL_RATE_STABLE, ROW_COUNT_TOLERANCE, Check
 from streamflow_assets.sql import ident, literal
-from streamflow_assets.table_specs import USERS, TableSpec
+from streamflow_assets.table_specs import TableSpec
 
 SAMPLE_SIZE = 5
-ROW_COUNT_TOLERANCE = 0.2
-LABEL_RATE_JUMP = 0.15
-"""A month's churn rate further than this from the previous month's is worth a warning."""
 
 PARSE_PATTERNS = {
     "INTEGER": r"^-?[0-9]{1,9}$",
@@ -42,68 +40,6 @@ PARSE_PATTERNS = {
 """How numbers are written in a drop."""
 BOOLEAN_SPELLINGS = ["True", "False"]
 """How booleans are written in a drop (an IN test: 10x cheaper than a regex per value)."""
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    blocking: bool
-    """A failed blocking check stops the drop; any other is a warning."""
-    description: str
-
-
-FILE_FORMAT = Check(
-    "file_format",
-    True,
-    "The file has exactly the table's columns (optional add-on columns may be absent), no "
-    "column twice, and every line after the header was staged as one row.",
-)
-VALUES_PARSE = Check(
-    "values_parse",
-    True,
-    "Every value parses as its column's SQL type: integers, decimals, True/False, real "
-    "YYYY-MM-DD dates.",
-)
-USER_IDS = Check(
-    "user_ids",
-    True,
-    "user_id is present, unique, shaped like 7590-VHVEG, and (except in users) listed in the "
-    "month's users file.",
-)
-ALLOWED_VALUES = Check(
-    "allowed_values",
-    True,
-    "Required columns have values, categories are allowed values, numbers are in range, and "
-    "plan_stream_* are NULL exactly when net_service is No.",
-)
-ALL_USERS_PRESENT = Check(
-    "all_users_present",
-    False,
-    "Every user of the month's users file has a row in this file.",
-)
-ROW_COUNT_STABLE = Check(
-    "row_count_stable",
-    False,
-    f"The row count is within {ROW_COUNT_TOLERANCE:.0%} of the previous month's.",
-)
-
-
-LABEL_RATE_STABLE = Check(
-    "label_rate_stable",
-    False,
-    "The month's churn rate is neither 0% nor 100%, and within "
-    f"{LABEL_RATE_JUMP:.0%} points of the previous month's.",
-)
-
-
-def checks_for(spec: TableSpec) -> list[Check]:
-    checks = [FILE_FORMAT, VALUES_PARSE, USER_IDS, ALLOWED_VALUES]
-    if spec.name != USERS.name:
-        checks.append(ALL_USERS_PRESENT)
-    checks.append(ROW_COUNT_STABLE)
-    if spec.label_column is not None:
-        checks.append(LABEL_RATE_STABLE)
-    return checks
 
 
 @dataclass
@@ -135,10 +71,14 @@ class CheckReport:
     outcomes: list[Outcome]
     numbers: dict[str, object] = field(default_factory=dict)
     """What the check measured, shown with its result whether it passed or not."""
+    note: str = ""
+    """Said with the result instead of the check's description, e.g. why it was not evaluated."""
+    evaluated: bool = True
+    """False for a check that did not run because an earlier one stopped the file."""
 
     @property
     def passed(self) -> bool:
-        return all(o.success for o in self.outcomes)
+        return self.evaluated and all(o.success for o in self.outcomes)
 
     @property
     def failures(self) -> list[Outcome]:
@@ -210,27 +150,29 @@ class Validator:
     def __init__(self, url: URL):
         self._context = context()
         self._url = url
-        self._sql = None
+        self._sql: dict[str, object] = {}
         self._batches: dict[tuple[str, str], object] = {}
 
-    def _sql_source(self):
-        if self._sql is None:
+    def _sql_source(self, schema: str):
+        """A data source per schema: GX 1.x wants the schema in the connection, not the asset."""
+        if schema not in self._sql:
+            url = self._url.set(query={**self._url.query, "options": f"-csearch_path={schema}"})
             # add_sql, not add_postgres: the latter rejects Unix-socket URLs (the embedded server),
             # so GX's hint to prefer it is silenced here.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "You are using a generic SQLDatasource")
-                self._sql = self._context.data_sources.add_sql(
-                    "streamflow",
-                    connection_string=self._url.render_as_string(hide_password=False),
+                self._sql[schema] = self._context.data_sources.add_sql(
+                    f"streamflow {schema}",
+                    connection_string=url.render_as_string(hide_password=False),
                     # No idle connections left behind once a validation is done.
                     kwargs={"poolclass": sa.pool.NullPool},
                 )
-        return self._sql
+        return self._sql[schema]
 
     def table(self, schema: str, name: str, suites: dict[Check, list]) -> list[CheckReport]:
         """Validate a table against several checks' expectations in one run."""
         if (schema, name) not in self._batches:
-            asset = self._sql_source().add_table_asset(name, table_name=name, schema_name=schema)
+            asset = self._sql_source(schema).add_table_asset(name, table_name=name)
             self._batches[schema, name] = asset.add_batch_definition_whole_table("whole table")
         expectations = []
         for check, check_expectations in suites.items():

@@ -1,1 +1,5 @@
 """The online feature API (`streamflow api`)."""
+
+from streamflow_assets import noise
+
+noise.silence()
