@@ -7,12 +7,14 @@ import os
 from collections.abc import Iterator
 
 import httpx
+import pandas as pd
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from streamflow_assets.db import libpq_url
 from streamflow_assets.model_registry import Registry
+from streamflow_assets.serving.app import EXAMPLE_USER, EXAMPLE_USERS
 from streamflow_assets.settings import Settings
 from streamflow_assets_tests.conftest import (
     Warehouse,
@@ -78,6 +80,8 @@ def test_a_user_gets_the_newest_months_values(api, seed_drops):
         assert features["net_service"] == february.loc[user_id, "net_service"]
         assert features["watch_hours_30d"] == float(usage.loc[user_id, "watch_hours_30d"])
         assert {"fee_per_watch_hour", "tenure_bucket", "tickets_per_active_month"} <= set(features)
+        assert body["online_as_of"] == "2024-02-29"
+        assert body["stale"] is False and body["expired_feature_views"] == []
 
 
 def test_a_user_who_left_keeps_their_last_months_values(api, seed_drops):
@@ -87,6 +91,27 @@ def test_a_user_who_left_keeps_their_last_months_values(api, seed_drops):
     body = api.get(f"/features/{left}").json()
     assert body["as_of"] == "2024-01-31"
     assert body["features"]["months_active"] == int(january.loc[left, "months_active"])
+    # Served, and flagged: not in the newest month online; a month old is within the views' ttl.
+    assert body["online_as_of"] == "2024-02-29"
+    assert body["stale"] is True and body["expired_feature_views"] == []
+    refused = api.post("/predict", json={"user_id": left})
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"user {left} is stale: their newest values are from 2024-01-31, the newest month online "
+        "ends 2024-02-29 (not in that month's drop); not scored"
+    )
+
+
+def test_the_docs_examples_are_users_of_the_sample(tmp_path):
+    from streamflow_assets.cli import SAMPLE_MONTHS, SAMPLE_SEED, SAMPLE_USERS
+    from streamflow_assets.generator import generate_drops
+
+    folders = generate_drops(
+        tmp_path, users=SAMPLE_USERS, months=SAMPLE_MONTHS, seed=SAMPLE_SEED, dynamic=True
+    )
+    for folder in folders:
+        users = set(pd.read_csv(folder / "users.csv", usecols=["user_id"])["user_id"])
+        assert set(EXAMPLE_USERS) <= users, folder.name
 
 
 def test_unknown_user_is_404_not_a_body_of_nulls(api):
@@ -140,7 +165,7 @@ def test_openapi_docs_are_served_with_examples(api):
     spec = api.get("/openapi.json").json()
     assert {"/health", "/features/{user_id}", "/features"} <= set(spec["paths"])
     parameter = spec["paths"]["/features/{user_id}"]["get"]["parameters"][0]
-    assert parameter["schema"]["examples"] == ["7590-VHVEG"]
+    assert parameter["schema"]["examples"] == [EXAMPLE_USER]
     batch = spec["components"]["schemas"]["BatchRequest"]["properties"]["user_ids"]
     assert batch["maxItems"] == 1000 and batch["examples"]
 

@@ -18,6 +18,7 @@ import pytest
 
 from streamflow_assets.definitions import defs
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
+from streamflow_assets.feature_store.training import training_path
 from streamflow_assets.model import load
 from streamflow_assets.model_registry import MODEL_NAME, Registry, RegistryError
 from streamflow_assets.settings import Settings
@@ -28,6 +29,7 @@ from streamflow_assets_tests.conftest import (
     drop_database,
     failure_text,
     materialization,
+    read_month,
     start_api,
     stop_api,
 )
@@ -176,6 +178,42 @@ def test_offline_scores_equal_predict_which_follows_the_alias(modelled):
         stop_api(process)
         reg.point_alias()
     assert reg.current_champion() == champion
+
+
+def test_a_user_gone_for_two_months_is_served_as_stale_and_not_scored(modelled, seed_drops):
+    modelled.activate()
+    months = [read_month(seed_drops, m, "users")["user_id"] for m in range(3)]
+    gone = sorted(set(months[0]) - set(months[1]) - set(months[2]))[0]
+    process, base = start_api(dict(os.environ))
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            body = client.get(f"/features/{gone}").json()
+            refused = client.post("/predict", json={"user_id": gone})
+    finally:
+        stop_api(process)
+    assert body["as_of"] == "2024-01-31" and body["online_as_of"] == "2024-03-31"
+    assert body["stale"] is True
+    # 60 days old: past every view's 31-day ttl.
+    assert body["expired_feature_views"] == sorted(body["feature_views"])
+    assert refused.status_code == 409 and "is stale" in refused.json()["detail"]
+
+
+def test_the_apis_row_encoding_scores_exactly_as_the_pipeline(modelled):
+    """/predict encodes a feature dict straight into the model's input (no DataFrame): every row
+    of a month, plus unknown categories and empty values, scores exactly as the pipeline does."""
+    reg = registry(modelled)
+    model = load(reg, reg.current_champion())
+    month = pd.read_csv(training_path(modelled.output, "2024-03"))
+    records = [
+        {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in r.items()}
+        for r in month[model.features.names].to_dict("records")
+    ]
+    odd = dict(records[0], net_service="Satellite", tenure_bucket=None, monthly_fee=None)
+    records += [odd, dict.fromkeys(model.features.names)]
+    through_api = np.concatenate(
+        [model.score(records[i : i + 7]) for i in range(0, len(records), 7)]
+    )
+    np.testing.assert_array_equal(through_api, model.score(pd.DataFrame(records)))
 
 
 def _model_files(reg: Registry, version: int) -> list[Path]:

@@ -26,7 +26,9 @@ from streamflow_assets_tests.conftest import (
     drop_database,
     failure_text,
     free_port,
+    start_api,
     start_process,
+    stop_api,
     stop_process,
     wait_for_run,
 )
@@ -167,3 +169,34 @@ def test_the_feast_ui_lists_the_feature_views(ui_env, page):
         page.screenshot(path=ARTIFACTS / "feast_ui.png")
     finally:
         stop_process(process)
+
+
+def test_the_api_docs_render_with_no_network_route(ui_env, page):
+    process, base = start_api(ui_env)
+    outside: list[str] = []
+
+    def local_only(route) -> None:
+        if route.request.url.startswith(base):
+            route.continue_()
+        else:
+            outside.append((route.request.resource_type, route.request.url))
+            route.abort()
+
+    try:
+        page.route("**/*", local_only)
+        page.goto(f"{base}/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text(
+            "StreamFlow online features"
+        )
+        expect(page.get_by_text("/features/{user_id}").first).to_be_visible()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "api_docs.png")
+        page.goto(f"{base}/redoc")
+        expect(page.get_by_role("heading", name="StreamFlow online features")).to_be_visible()
+        expect(page.get_by_text("/predict", exact=True).first).to_be_attached()
+    finally:
+        stop_api(process)
+    # Everything the pages need is served locally; ReDoc's footer asks its CDN for its own logo
+    # (an image the pages render without).
+    needed = [(kind, url) for kind, url in outside if kind != "image"]
+    assert needed == [], f"the docs asked the internet for {needed}"

@@ -20,6 +20,7 @@ from fastapi import Body, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from feast import FeatureService, FeatureStore
 from feast.errors import FeatureServiceNotFoundException
 from pydantic import BaseModel, Field, StringConstraints
@@ -31,6 +32,7 @@ from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.model import LoadedModel
 from streamflow_assets.model import load as load_model
 from streamflow_assets.model_registry import CHAMPION, MODEL_NAME, Registry, RegistryError
+from streamflow_assets.months import as_of
 from streamflow_assets.serving.limits import BodyLimit, validation_error
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import USER_ID_PATTERN
@@ -38,7 +40,9 @@ from streamflow_assets.table_specs import USER_ID_PATTERN
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
-EXAMPLE_USER = "7590-VHVEG"
+EXAMPLE_USERS = ("0034-SNFAF", "8350-PCWUO")
+"""Users of every month of the sample `streamflow run` writes: the docs' examples answer."""
+EXAMPLE_USER = EXAMPLE_USERS[0]
 
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN, min_length=10, max_length=10)]
 FeatureValue = bool | int | float | str | None
@@ -58,6 +62,20 @@ class UserFeatures(BaseModel):
         description=f"Every feature of the `{FEATURE_SERVICE}` service; empty values are null.",
         examples=[{"months_active": 34, "net_service": "DSL", "tenure_bucket": "25-48"}],
     )
+    online_as_of: date | None = Field(
+        description="The month-end of the newest month online (null before any is published).",
+        examples=["2024-03-31"],
+    )
+    stale: bool = Field(
+        description="True when the user's newest values are older than the newest month online: "
+        "the user was not in that month's drop (left, or missing from it).",
+        examples=[False],
+    )
+    expired_feature_views: list[str] = Field(
+        description="Feature views whose values for the user are older than the view's ttl, "
+        "counted back from the newest month online.",
+        examples=[[]],
+    )
 
 
 class BatchRequest(BaseModel):
@@ -66,7 +84,7 @@ class BatchRequest(BaseModel):
         max_length=MAX_BATCH,
         description=f"1 to {MAX_BATCH} user_ids shaped like {EXAMPLE_USER}; repeats are "
         "answered once.",
-        examples=[[EXAMPLE_USER, "3668-QPYBK"]],
+        examples=[list(EXAMPLE_USERS)],
     )
 
 
@@ -114,9 +132,10 @@ class Problem(BaseModel):
 class Online:
     """The feature store and service one API process serves from."""
 
-    def __init__(self, store: FeatureStore, service: FeatureService):
+    def __init__(self, store: FeatureStore, service: FeatureService, month: OnlineMonth):
         self.store = store
         self.service = service
+        self.month = month
         self.feature_names = [
             f.name for p in self.service.feature_view_projections for f in p.features
         ]
@@ -128,12 +147,18 @@ class Online:
             for f in p.features
         }
         self.batched_rows = batched_read_rows(store.config)
+        self.ttl_days = {
+            view.name: view.ttl.days
+            for view in store.list_feature_views()
+            if view.name in set(self.view_of.values()) and view.ttl
+        }
 
     async def read(self, user_ids: list[str]) -> tuple[list[dict], list[str]]:
         """Each known user's body (the UserFeatures shape, dates as ISO strings), and the
         user_ids the online store does not hold."""
         found: list[dict] = []
         unknown: list[str] = []
+        online_as_of = await self.month.as_of()
         # Feast reads every view of a request in one statement (one snapshot: all of a user's
         # views from the same published month) only up to a number of result rows; beyond it,
         # one statement per view. Larger requests are read in chunks that stay under it.
@@ -143,11 +168,17 @@ class Online:
             response = await self.store.get_online_features_async(
                 features=self.service, entity_rows=[{"user_id": u} for u in part]
             )
-            self._collect(part, response.to_dict(include_event_timestamps=True), found, unknown)
+            columns = response.to_dict(include_event_timestamps=True)
+            self._collect(part, columns, online_as_of, found, unknown)
         return found, unknown
 
     def _collect(
-        self, user_ids: list[str], columns: dict, found: list[dict], unknown: list[str]
+        self,
+        user_ids: list[str],
+        columns: dict,
+        online_as_of: date | None,
+        found: list[dict],
+        unknown: list[str],
     ) -> None:
         for i, user_id in enumerate(user_ids):
             views: dict[str, str] = {}
@@ -159,14 +190,52 @@ class Online:
                 unknown.append(user_id)
                 continue
             features = {name: columns[name][i] for name in self.feature_names}
+            newest = max(views.values())
+            online = online_as_of.isoformat() if online_as_of else None
+            expired = (
+                sorted(
+                    view
+                    for view, day in views.items()
+                    if view in self.ttl_days
+                    and (online_as_of - date.fromisoformat(day)).days > self.ttl_days[view]
+                )
+                if online_as_of
+                else []
+            )
             found.append(
                 {
                     "user_id": user_id,
-                    "as_of": max(views.values()),
+                    "as_of": newest,
                     "feature_views": views,
                     "features": features,
+                    "online_as_of": online,
+                    "stale": online is not None and newest < online,
+                    "expired_feature_views": expired,
                 }
             )
+
+
+class OnlineMonth:
+    """The newest month online (the staleness reference), looked up again every CHECK_SECONDS:
+    a month published meanwhile is the reference within seconds, without a restart."""
+
+    CHECK_SECONDS = 5.0
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._as_of: date | None = None
+        self._checked = float("-inf")
+
+    async def as_of(self) -> date | None:
+        if time.monotonic() - self._checked >= self.CHECK_SECONDS:
+            self._as_of = await run_in_threadpool(self._newest)
+            self._checked = time.monotonic()
+        return self._as_of
+
+    def _newest(self) -> date | None:
+        with get_engine(self._settings).connect() as conn:
+            published = published_months(conn)
+        return as_of(published[-1]) if published else None
 
 
 class NotReady(RuntimeError):
@@ -246,10 +315,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     f"feature service {FEATURE_SERVICE} is not in the registry: materialize "
                     "feast_registry (feast apply) first"
                 ) from None
-            request.app.state.online = Online(store, service)
+            request.app.state.online = Online(store, service, OnlineMonth(settings))
         return request.app.state.online
 
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) from files installed with fastapi-offline, not a
+    # CDN: the docs work on a machine without internet.
+    app = FastAPIOffline(
         title="StreamFlow online features",
         version="1",
         description=f"The `{FEATURE_SERVICE}` features of a subscriber, read from Feast's online "
@@ -340,16 +411,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=Prediction,
         responses={
             404: {"model": Problem, "description": "the user is not in the online store"},
+            409: {"model": Problem, "description": "the user is stale: not in the newest month"},
             503: {"model": Problem, "description": "no model yet, or the store does not answer"},
         },
         summary="A user's churn probability from the online features and the champion model",
     )
     async def predict(request: Request, body: Annotated[PredictRequest, Body()]):
-        model = await run_in_threadpool(request.app.state.models.champion)
         found, _ = await online(request).read([body.user_id])
         if not found:
             raise HTTPException(404, f"user {body.user_id} is not in the online store")
         user = found[0]
+        if user["stale"]:
+            raise HTTPException(
+                409,
+                f"user {body.user_id} is stale: their newest values are from {user['as_of']}, "
+                f"the newest month online ends {user['online_as_of']} (not in that month's drop); "
+                "not scored",
+            )
+        model = await run_in_threadpool(request.app.state.models.champion)
         used = {name: user["features"][name] for name in model.features.names}
         return JSONResponse(
             {
