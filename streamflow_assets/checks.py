@@ -19,6 +19,8 @@ LABEL_RATE_JUMP = 0.15
 """A month's churn rate further than this from the previous month's is worth a warning."""
 MIN_ROC_AUC = 0.6
 """A candidate model below this ROC AUC on its hold-out does not beat the baselines."""
+MAX_CALIBRATION_ERROR = 0.05
+"""A model whose expected calibration error on its hold-out is above this is flagged."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,13 @@ BEATS_CHAMPION = Check(
     False,
     "Log loss on the month's hold-out not worse than the champion as of the month before (scored "
     "on the same rows). A candidate that fails is registered but not promoted.",
+)
+WELL_CALIBRATED = Check(
+    "well_calibrated",
+    False,
+    "The model's probabilities read as churn rates on the hold-out: the expected calibration "
+    f"error (by decile of prediction, |mean prediction - churn rate| weighted by users) is at most "
+    f"{MAX_CALIBRATION_ERROR}. A warning: the ranking may still be good, the scores are not rates.",
 )
 ONE_SCORE_PER_USER = Check(
     "one_score_per_user",

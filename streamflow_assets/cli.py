@@ -346,11 +346,20 @@ def graph() -> None:
 
 
 @bench.command("imports")
-def bench_imports() -> None:
-    """Import time and memory of the API and of the code location, each in a new process."""
-    from streamflow_bench.imports import bench_imports
+@click.option(
+    "--launch/--no-launch",
+    default=True,
+    show_default=True,
+    help="Also launch a month of the sample from `dagster dev` (scratch database) and time it.",
+)
+def bench_imports(launch: bool) -> None:
+    """Import time and memory of the API and of the code location, each in a new process; the
+    wait before a month launched from the UI starts."""
+    from streamflow_bench.imports import bench_imports, bench_launch
 
     bench_imports()
+    if launch:
+        bench_launch()
 
 
 @main.command()

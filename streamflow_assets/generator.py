@@ -257,8 +257,10 @@ def _draw_churn(rng: np.random.Generator, pop: _Population, who: np.ndarray, int
     pop.churn[who] = rng.random(int(who.sum())) < p
 
 
-def _advance(rng: np.random.Generator, pop: _Population, intercept: float) -> None:
-    """Move the population on by one month."""
+def _advance(
+    rng: np.random.Generator, pop: _Population, intercept: float, churn: bool = True
+) -> None:
+    """Move the population on by one month (and redraw some churn flags, unless told not to)."""
     n = len(pop)
     pop.months_active = np.minimum(pop.months_active + 1, 72)
     paid = np.nan_to_num(pop.total_paid)
@@ -271,7 +273,8 @@ def _advance(rng: np.random.Generator, pop: _Population, intercept: float) -> No
     _draw_weekly_usage(rng, pop)
     changed = rng.random(n) < MONTHLY_REDRAW_SHARE
     _draw_payments_and_support(rng, pop, changed)
-    _draw_churn(rng, pop, rng.random(n) < MONTHLY_REDRAW_SHARE, intercept)
+    if churn:
+        _draw_churn(rng, pop, rng.random(n) < MONTHLY_REDRAW_SHARE, intercept)
 
 
 # ---- writing: every column's name, order and format comes from the table specs ----------------
@@ -401,11 +404,16 @@ def generate_drops(
                 leavers = pop.churn.copy()
                 pop = pop.select(~leavers)
                 joiners = round(leavers.sum() * rng.uniform(0.9, 1.1))
-            _advance(rng, pop, intercept)
+            _advance(rng, pop, intercept, churn=not dynamic)
             if joiners:
                 new = _new_users(rng, joiners, as_of, pop.code, newcomers=True)
-                _draw_churn(rng, new, np.ones(joiners, dtype=bool), intercept)
                 pop = pop.concat(new)
+            if dynamic:
+                # Last month's churners left, so everyone here stayed: the month's churn is drawn
+                # for all of them afresh, at the target rate for this month's mix of users (the
+                # rate would otherwise fall month after month: 25% -> 13% -> 9%).
+                month_intercept = _intercept_for(_churn_logit(pop), TARGET_CHURN_RATE)
+                _draw_churn(rng, pop, np.ones(len(pop), dtype=bool), month_intercept)
         folder = out / month_folder(index)
         folder.mkdir(parents=True, exist_ok=True)
         ids = _user_ids(pop.code)

@@ -40,8 +40,10 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.checks import (
     BEATS_BASELINES,
     BEATS_CHAMPION,
+    MAX_CALIBRATION_ERROR,
     MIN_ROC_AUC,
     ONE_SCORE_PER_USER,
+    WELL_CALIBRATED,
 )
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.feature_store.training import LABEL, read_training_csv, training_path
@@ -161,6 +163,27 @@ def calibration_by_decile(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
         churn_rate=("churned", "mean"),
     )
     return table.round(4).reset_index()
+
+
+def calibration_outcome(calibration: pd.DataFrame) -> CheckOutcome:
+    """well_calibrated from the hold-out's deciles (calibration_by_decile)."""
+    users = calibration["users"].sum()
+    weights = calibration["users"] / users
+    gaps = (calibration["mean_predicted"] - calibration["churn_rate"]).abs()
+    error = float((weights * gaps).sum())
+    predicted = float((weights * calibration["mean_predicted"]).sum())
+    observed = float((weights * calibration["churn_rate"]).sum())
+    return WELL_CALIBRATED.outcome(
+        error <= MAX_CALIBRATION_ERROR,
+        f"expected calibration error {error:.4f} (at most {MAX_CALIBRATION_ERROR}); mean "
+        f"prediction {predicted:.4f} against a churn rate of {observed:.4f} on {users:,} users",
+        {
+            "expected calibration error": round(error, 4),
+            "mean prediction": round(predicted, 4),
+            "observed churn rate": round(observed, 4),
+            "hold-out users": int(users),
+        },
+    )
 
 
 @dataclass
@@ -439,6 +462,7 @@ def train_month(settings: Settings, partition: str) -> StepResult:
             f"log loss {metrics['log_loss']} against {against}",
             {"comparison": comparison},
         ),
+        calibration_outcome(trained.calibration),
     ]
     return StepResult(
         checks,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamflow_assets.generator import generate_drops
+from streamflow_assets.generator import TARGET_CHURN_RATE, generate_drops
 from streamflow_assets.table_specs import TABLES, TableSpec
 
 USERS = 20_000
@@ -233,3 +233,14 @@ def test_cli_writes_drops_and_refuses_to_overwrite(tmp_path):
     assert again.returncode == 1
     assert "pass --overwrite" in again.stderr
     assert (tmp_path / "month_000" / "users.csv").read_bytes() == before
+
+
+def test_dynamic_drops_keep_the_churn_rate_near_its_target_every_month(tmp_path):
+    # Last month's churners leave each month; the rate must not fall with them (it once went
+    # 25% -> 13% -> 9% over three months).
+    folders = generate_drops(tmp_path, users=USERS, months=6, seed=5, dynamic=True)
+    rates = [
+        read_drop_file(TABLES[-1], folder / "labels.csv")["churn_label"].eq("True").mean()
+        for folder in folders
+    ]
+    assert all(rate == pytest.approx(TARGET_CHURN_RATE, abs=0.02) for rate in rates), rates

@@ -19,7 +19,7 @@ import pytest
 from streamflow_assets.definitions import defs
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.feature_store.training import training_path
-from streamflow_assets.model import load
+from streamflow_assets.model import calibration_outcome, load
 from streamflow_assets.model_registry import MODEL_NAME, Registry, RegistryError
 from streamflow_assets.settings import Settings
 from streamflow_assets_tests.conftest import (
@@ -111,7 +111,29 @@ def test_the_model_metadata_explains_the_decision(modelled):
     comparison = metadata["against the champion and baselines"].value
     assert "champion as of 2024-02" in comparison and "majority class" in comparison
     assert metadata["calibration by decile"].value.count("\n") == 11  # header, rule, 10 deciles
-    assert set(check_evaluations(result)) == {"beats_baselines", "beats_champion"}
+    assert set(check_evaluations(result)) == {
+        "beats_baselines",
+        "beats_champion",
+        "well_calibrated",
+    }
+    calibrated = next(
+        e for e in result.get_asset_check_evaluations() if e.check_name == "well_calibrated"
+    )
+    assert calibrated.severity == dg.AssetCheckSeverity.WARN
+    assert 0 <= calibrated.metadata["expected calibration error"].value <= 1
+    assert calibrated.metadata["hold-out users"].value > 0
+
+
+def test_a_model_predicting_twice_the_churn_rate_is_flagged_as_not_calibrated():
+    deciles = pd.DataFrame({"users": [100] * 10, "churn_rate": np.linspace(0.0, 0.18, 10)})
+    honest = calibration_outcome(deciles.assign(mean_predicted=deciles["churn_rate"] + 0.01))
+    assert honest.passed and not honest.blocking
+    assert honest.metadata["expected calibration error"] == pytest.approx(0.01)
+    doubled = calibration_outcome(deciles.assign(mean_predicted=2 * deciles["churn_rate"]))
+    assert not doubled.passed
+    assert doubled.metadata["mean prediction"] == pytest.approx(0.18)
+    assert doubled.metadata["observed churn rate"] == pytest.approx(0.09)
+    assert "mean prediction 0.1800 against a churn rate of 0.0900" in doubled.description
 
 
 def test_scores_come_from_the_champion_as_of_each_month_and_rerun_idempotently(modelled):

@@ -109,10 +109,10 @@ def open_page(page: Page, url: str) -> None:
         skip.click()
 
 
-def test_asset_graph_shows_the_four_groups(dagster_ui, page):
+def test_asset_graph_shows_the_five_groups(dagster_ui, page):
     open_page(page, f"{dagster_ui}/asset-groups")
     graph = page.locator("foreignObject")
-    for group in ("ingestion", "snapshots", "feature_store", "training"):
+    for group in ("ingestion", "snapshots", "feature_store", "training", "model"):
         expect(graph.filter(has_text=group).first).to_be_visible()
     # Every group expanded (graph settings, "Expand all groups", ⌥E), zoomed out to fit.
     page.keyboard.press("Alt+e")
@@ -120,7 +120,7 @@ def test_asset_graph_shows_the_four_groups(dagster_ui, page):
     zoom_out = page.locator("button:has([aria-label='zoom_out'])")
     for _ in range(2):
         zoom_out.click()
-    for asset in ("users", "labels_snapshots", "feast_registry", "online_features"):
+    for asset in ("users", "labels_snapshots", "feast_registry", "online_features", "churn_model"):
         expect(graph.filter(has_text=asset).first).to_be_visible()
     page.wait_for_timeout(1_000)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

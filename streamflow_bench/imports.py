@@ -1,10 +1,19 @@
-"""What importing the API and the code location costs, each in a fresh interpreter."""
+"""What importing the API and the code location costs, each in a fresh interpreter; and how
+long a month launched from the UI waits before it starts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 MODULES = {
     "API (streamflow_assets.serving.app)": "streamflow_assets.serving.app",
@@ -47,3 +56,102 @@ def bench_imports(repeat: int = 3) -> None:
             f"{'yes' if best['great_expectations'] else 'no':>5s}",
             flush=True,
         )
+
+
+def bench_launch(users: int = 7_000) -> None:
+    """A month of the sample launched from the UI as a person would: `dagster dev` on a scratch
+    database and DAGSTER_HOME, `monthly_graph` submitted through the webserver's GraphQL API;
+    seconds from the submission to the run's start, its first step and its end."""
+    import dagster as dg
+    from dagster_graphql import DagsterGraphQLClient
+
+    from streamflow_assets.db import database_url, libpq_url
+    from streamflow_assets.months import partition_key
+    from streamflow_assets.settings import Settings
+    from streamflow_bench.benchmarks import bench_drops, scratch_database
+
+    settings = Settings.from_env()
+    with contextlib.ExitStack() as stack:
+        drops = bench_drops(stack, None, users, 1, seed=42)
+        url = stack.enter_context(scratch_database(database_url(settings)))
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-launch-")))
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "STREAMFLOW_DATABASE_URL": libpq_url(url),
+            "STREAMFLOW_DROPS_DIR": str(drops),
+            "STREAMFLOW_OUTPUT_DIR": str(home / "processed"),
+        }
+        port = _free_port()
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-m", "streamflow_assets.definitions",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        stack.callback(_stop, server)
+        _wait_for(f"http://127.0.0.1:{port}/server_info", server, timeout=180)
+        print(f"dagster dev answering after {time.perf_counter() - started:.1f} s")
+        client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+        partition = partition_key(settings.first_month)
+        submitted = time.time()
+        run_id = client.submit_job_execution("monthly_graph", tags={"dagster/partition": partition})
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            marks = _follow(instance, run_id, submitted)
+        print(f"{'a month of ' + format(users, ',') + ' users from the UI':40s} {'s':>7s}")
+        for label, seconds in marks.items():
+            print(f"  {label:38s} {seconds:7.1f}", flush=True)
+
+
+def _follow(instance, run_id: str, submitted: float, timeout: float = 600) -> dict[str, float]:
+    """Seconds after `submitted` (wall clock) of the run's start, first step and end."""
+    import dagster as dg
+
+    kinds = {
+        dg.DagsterEventType.RUN_START: "run started",
+        dg.DagsterEventType.STEP_START: "first step started",
+        dg.DagsterEventType.RUN_SUCCESS: "run succeeded",
+        dg.DagsterEventType.RUN_FAILURE: "run FAILED",
+    }
+    marks: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in instance.get_records_for_run(run_id, of_type=set(kinds)).records:
+            label = kinds[record.event_log_entry.dagster_event.event_type]
+            marks.setdefault(label, record.event_log_entry.timestamp - submitted)
+        if "run succeeded" in marks or "run FAILED" in marks:
+            return marks
+        time.sleep(0.2)
+    raise TimeoutError(f"run {run_id} did not end within {timeout:.0f} s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"dagster dev exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -9,7 +9,12 @@ months loaded in any order end with every model trained on exactly its window.
 
 import dagster as dg
 
-from streamflow_assets.checks import BEATS_BASELINES, BEATS_CHAMPION, ONE_SCORE_PER_USER
+from streamflow_assets.checks import (
+    BEATS_BASELINES,
+    BEATS_CHAMPION,
+    ONE_SCORE_PER_USER,
+    WELL_CALIBRATED,
+)
 from streamflow_assets.defs.common import as_failures, check_result, check_spec, metadata
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.defs.resources import StreamflowSettings
@@ -50,6 +55,7 @@ a re-decided month before it) is run again, once nothing upstream is missing or 
     check_specs=[
         check_spec(BEATS_BASELINES, "churn_model"),
         check_spec(BEATS_CHAMPION, "churn_model"),
+        check_spec(WELL_CALIBRATED, "churn_model"),
     ],
 )
 def churn_model(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
