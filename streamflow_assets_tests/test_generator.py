@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from streamflow_assets.generator import TARGET_CHURN_RATE, generate_drops
@@ -244,3 +245,15 @@ def test_dynamic_drops_keep_the_churn_rate_near_its_target_every_month(tmp_path)
         for folder in folders
     ]
     assert all(rate == pytest.approx(TARGET_CHURN_RATE, abs=0.02) for rate in rates), rates
+
+
+def test_two_million_user_ids_are_one_array_of_well_formed_ids():
+    # pa.array() of numpy bytes turns chunked from about 1.8M values on; the writer needs one array.
+    from streamflow_assets.generator import _user_ids
+    from streamflow_assets.table_specs import USER_ID_PATTERN
+
+    ids = _user_ids(np.arange(2_000_000, dtype=np.int64) * 7919)
+    assert isinstance(ids, pa.StringArray) and len(ids) == 2_000_000
+    assert ids[0].as_py() == "0000-AAAAA" and ids[1].as_py() == "0000-AALSP"
+    sample = ids.take(pa.array(np.arange(0, 2_000_000, 99_991))).to_pylist()
+    assert all(re.fullmatch(USER_ID_PATTERN, i) for i in sample)
