@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,27 @@ def test_workspace_points_at_the_code_location():
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_documented_commands_work_from_a_plain_shell(project_env, tmp_path):
+    """`.venv/bin/streamflow dev`, as README shows it, with the venv not activated: a PATH
+    without the venv's bin, no VIRTUAL_ENV. It once exec'd a bare `dagster` and crashed."""
+    from streamflow_assets_tests.conftest import free_port, start_process, stop_process
+
+    streamflow = Path(sys.executable).parent / "streamflow"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PATH", "DAGSTER_HOME")}
+    env["PATH"] = "/usr/bin:/bin"  # the settings are project_env's: a test database, tmp_path
+    port = free_port()
+    ui = start_process(
+        [str(streamflow), "dev", "--port", str(port)],
+        env,
+        f"http://127.0.0.1:{port}/server_info",
+        timeout=180,
+    )
+    stop_process(ui)
+    assert (tmp_path / "home" / "dagster" / "dagster.yaml").is_file()
+    uri = subprocess.run(
+        [str(streamflow), "mlflow", "uri"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert uri.returncode == 0, uri.stderr
+    assert uri.stdout.startswith("postgresql")

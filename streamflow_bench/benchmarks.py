@@ -324,6 +324,8 @@ API_SCENARIOS = (
     ("100 users", 8, 100),
 )
 """(what, concurrency, users per request)."""
+PREDICT_CONCURRENCY = (1, 8)
+"""/predict (one user, the champion's score) beside /features/{user_id} at these concurrencies."""
 
 
 def bench_api(
@@ -347,6 +349,8 @@ def bench_api(
         first = partition_key(settings.first_month)
         started = time.perf_counter()
         selection = INGEST_SELECTION | dg.AssetSelection.assets("feast_registry", "online_features")
+        if not during_publish:  # /predict needs the month's model
+            selection |= dg.AssetSelection.assets("training_dataset", "churn_model")
         _timed_month(first, selection)
         with psycopg.connect(libpq_url(url)) as conn:
             online = conn.execute(
@@ -383,6 +387,23 @@ def bench_api(
                     f"{stats['rps']:8.0f} {stats['n']:9d} {stats['failed']}",
                     flush=True,
                 )
+        print()
+        for concurrency in PREDICT_CONCURRENCY:
+            p99 = {}
+            for endpoint in ("features", "predict"):
+                stats = asyncio_run_load(
+                    "streamflow api", ours, ids, concurrency, 1, requests, seconds,
+                    endpoint=endpoint,
+                )  # fmt: skip
+                p99[endpoint] = stats["p99"]
+                label = f"streamflow api /{endpoint}, c={concurrency}"
+                print(
+                    f"{label:28s} {stats['p50']:8.2f} {stats['p99']:8.2f} "
+                    f"{stats['rps']:8.0f} {stats['n']:9d} {stats['failed']}",
+                    flush=True,
+                )
+            ratio = p99["predict"] / p99["features"]
+            print(f"  /predict p99 is {ratio:.2f}x /features' at c={concurrency}")
 
 
 def _bench_api_during_publish(
@@ -517,6 +538,7 @@ def asyncio_run_load(
     *,
     until: Callable[[], bool] | None = None,
     inspect: Callable[[bytes], str | None] | None = None,
+    endpoint: str = "features",
 ) -> dict:
     """`count` requests (at most `seconds`, or until `until()` is true) from `concurrency`
     clients, each sending its next request when the last is answered; latencies in ms.
@@ -534,6 +556,8 @@ def asyncio_run_load(
         if name == "feast serve":
             body = {"feature_service": "churn_features", "entities": {"user_id": batch}}
             return "POST", f"{base}/get-online-features", body
+        if endpoint == "predict":
+            return "POST", f"{base}/predict", {"user_id": batch[0]}
         if per_request == 1:
             return "GET", f"{base}/features/{batch[0]}", None
         return "POST", f"{base}/features", {"user_ids": batch}
