@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -505,7 +506,9 @@ def _server_process(kind: list[str], workers: int):
         command = feast_command(repo, "serve", "-p", str(port), "-w", str(workers),
                                 "--no-access-log", "--max-requests", "0")  # fmt: skip
     probe = "/health"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -519,8 +522,14 @@ def _server_process(kind: list[str], workers: int):
                 time.sleep(0.3)
         yield base
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        # The server and its workers; whatever has not stopped after 30 s is killed (feast serve's
+        # workers once ignored SIGTERM after a heavy run and failed the whole benchmark).
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 REQUEST_TIMEOUT = 10.0
