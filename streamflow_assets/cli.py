@@ -145,8 +145,10 @@ def db_status() -> None:
 @click.argument("dagster_args", nargs=-1, type=click.UNPROCESSED)
 def dev(port, host, dagster_args) -> None:
     """The Dagster UI (dagster dev) on this project's settings and run history."""
+    from streamflow_assets.runs import dagster_home
+
     settings = Settings.from_env()
-    os.environ.setdefault("DAGSTER_HOME", str(_dagster_home(settings)))
+    os.environ.setdefault("DAGSTER_HOME", str(dagster_home(settings)))
     # The dagster beside this interpreter: the venv need not be activated.
     command = [
         str(Path(sys.executable).parent / "dagster"),
@@ -377,7 +379,7 @@ def run(months_wanted: tuple[str, ...]) -> None:
 
     from streamflow_assets.generator import generate_drops
     from streamflow_assets.months import partitions_in_drops
-    from streamflow_assets.runs import run_monthly_graph
+    from streamflow_assets.runs import dagster_home, run_monthly_graph
 
     settings = Settings.from_env()
     if not any(settings.drops_dir.glob("month_*")):
@@ -403,7 +405,7 @@ def run(months_wanted: tuple[str, ...]) -> None:
     click.echo(f"drops: {len(months)} months in {settings.drops_dir}")
 
     # Runs are recorded where `dagster dev` (make dev) finds them.
-    os.environ.setdefault("DAGSTER_HOME", str(_dagster_home(settings)))
+    os.environ.setdefault("DAGSTER_HOME", str(dagster_home(settings)))
     instance = dg.DagsterInstance.get()
     failed = []
     for partition, folder in months.items():
@@ -461,33 +463,6 @@ def _show_results(settings: Settings, partitions: list[str]) -> None:
             f"champion: {champion.label}, ROC AUC {metrics['roc_auc']:.4f}, log loss "
             f"{metrics['log_loss']:.4f} on its hold-out (`streamflow mlflow ui` to compare)"
         )
-
-
-INSTANCE_CONFIG = """\
-# Written by streamflow: default storage (SQLite in this folder).
-# A run whose process died is marked failed: those of `streamflow run` by its next run, those
-# launched by the UI or the daemon by run monitoring (the daemon; `dagster dev` runs one).
-run_monitoring:
-  enabled: true
-  start_timeout_seconds: 180
-  cancel_timeout_seconds: 180
-  max_runtime_seconds: 14400
-  poll_interval_seconds: 60
-# No telemetry from a data platform's runs.
-telemetry:
-  enabled: false
-"""
-
-
-def _dagster_home(settings: Settings) -> Path:
-    home = settings.home / "dagster"
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    # Written when missing, or still the one an earlier version wrote; never over a user's own.
-    if not config.exists() or config.read_text() == "telemetry:\n  enabled: false\n":
-        # Default storage (SQLite in this folder); no telemetry from a data platform's runs.
-        config.write_text(INSTANCE_CONFIG)
-    return home
 
 
 def _summary(result) -> str:

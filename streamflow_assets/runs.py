@@ -3,10 +3,12 @@
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 
 from streamflow_assets.defs.dead_runs import fail_dead_runs, process_tags
+from streamflow_assets.settings import Settings
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 """Console logging for critical events only; the whole event log still goes to the instance."""
@@ -89,3 +91,47 @@ def run_monthly_graph(
         done.set()
         if follower:
             follower.join()
+
+
+INSTANCE_CONFIG = """\
+# Written by streamflow: default storage (SQLite in this folder).
+# A run whose process died is marked failed: those of `streamflow run` by its next run, those
+# launched by the UI or the daemon by run monitoring (the daemon; `dagster dev` runs one).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_runtime_seconds: 14400
+  poll_interval_seconds: 60
+# Runs launched from the UI, the schedule and the sensor wait in the queue for at most a second
+# (Dagster's default is 5 s).
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+# No telemetry from a data platform's runs.
+telemetry:
+  enabled: false
+"""
+_EARLIER_CONFIGS = (
+    "telemetry:\n  enabled: false\n",
+    INSTANCE_CONFIG.replace(
+        INSTANCE_CONFIG[
+            INSTANCE_CONFIG.index("# Runs launched") : INSTANCE_CONFIG.index("# No telemetry")
+        ],
+        "",
+    ),
+)
+"""What earlier versions wrote: replaced by the current config (a user's own file never is)."""
+
+
+def dagster_home(settings: Settings) -> Path:
+    """The DAGSTER_HOME of `streamflow run` and `streamflow dev`: STREAMFLOW_HOME/dagster, with
+    the project's instance config written when missing."""
+    home = settings.home / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists() or config.read_text() in _EARLIER_CONFIGS:
+        config.write_text(INSTANCE_CONFIG)
+    return home

@@ -67,6 +67,7 @@ def bench_launch(users: int = 7_000) -> None:
 
     from streamflow_assets.db import database_url, libpq_url
     from streamflow_assets.months import partition_key
+    from streamflow_assets.runs import INSTANCE_CONFIG
     from streamflow_assets.settings import Settings
     from streamflow_bench.benchmarks import bench_drops, scratch_database
 
@@ -75,7 +76,7 @@ def bench_launch(users: int = 7_000) -> None:
         drops = bench_drops(stack, None, users, 1, seed=42)
         url = stack.enter_context(scratch_database(database_url(settings)))
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-launch-")))
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        (home / "dagster.yaml").write_text(INSTANCE_CONFIG)  # what `streamflow dev` uses
         env = {
             **os.environ,
             "DAGSTER_HOME": str(home),
