@@ -179,7 +179,8 @@ WELL_CALIBRATED = Check(
     False,
     "The model's probabilities read as churn rates on the hold-out: the expected calibration "
     f"error (by decile of prediction, |mean prediction - churn rate| weighted by users) is at most "
-    f"{MAX_CALIBRATION_ERROR}. A warning: the ranking may still be good, the scores are not rates.",
+    f"{MAX_CALIBRATION_ERROR}, or, on a hold-out too small for that, twice what sampling alone "
+    "gives a calibrated model. A warning: the ranking may still be good, the scores are not rates.",
 )
 ONE_SCORE_PER_USER = Check(
     "one_score_per_user",

@@ -6,6 +6,7 @@ warning not listed here still shows. Each entry says why it is safe to ignore.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -24,6 +25,13 @@ KNOWN_WARNINGS: dict[str, str] = {
 }
 """Message pattern -> why it is accepted."""
 
+KNOWN_LOG_MESSAGES: dict[tuple[str, str], str] = {
+    ("psycopg", "error ignored terminating"): "psycopg logs it when a batch insert in pipeline "
+    "mode fails and the error goes on to its caller: MLflow inserts a run's metrics that way and, "
+    "when two have the same key, step and timestamp, catches the error and skips the duplicate.",
+}
+"""(logger, start of the message) -> why it is accepted."""
+
 QUIET_LOGGERS = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
 """MLflow logs every model version it registers and every table it creates at INFO; the run's
 metadata already says which version was registered."""
@@ -38,6 +46,15 @@ def _show_unless_known(message, category, filename, lineno, file=None, line=None
         _show(message, category, filename, lineno, file, line)
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
 def silence() -> None:
     """Ignore the known warnings from here on in this process; MLflow's log level also holds for
     the processes it starts.
@@ -49,5 +66,9 @@ def silence() -> None:
         warnings.filterwarnings("ignore", message=pattern)
     if warnings.showwarning is _show:
         warnings.showwarning = _show_unless_known
+    for logger, start in KNOWN_LOG_MESSAGES:
+        known = logging.getLogger(logger)
+        if not any(isinstance(f, _DropMessage) and f.start == start for f in known.filters):
+            known.addFilter(_DropMessage(start))
     for variable, level in QUIET_LOGGERS.items():
         os.environ.setdefault(variable, level)
