@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -288,16 +289,24 @@ def api(host: str, port: int, workers: int, access_log: bool) -> None:
     """Serve the online features over HTTP (OpenAPI docs at /docs)."""
     import uvicorn
 
+    from streamflow_assets.serving import METRICS_DIR_VARS
+
     get_engine(Settings.from_env())  # a clear error now rather than in every worker
-    uvicorn.run(
-        "streamflow_assets.serving.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=access_log,
-        log_level="warning",
-    )
+    with tempfile.TemporaryDirectory(prefix="streamflow-metrics-") as folder:
+        # The workers' metrics, summed by /metrics: a folder of this server's own, fresh at start
+        # and gone at exit. Never an inherited one: a parent process that imported Feast passes
+        # down the folder Feast made for itself, shared with every other child of that parent.
+        for variable in METRICS_DIR_VARS:
+            os.environ[variable] = folder
+        uvicorn.run(
+            "streamflow_assets.serving.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=access_log,
+            log_level="warning",
+        )
 
 
 @main.group()

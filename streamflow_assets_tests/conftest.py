@@ -46,10 +46,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_api(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_api(env: dict[str, str], *options: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamflow_assets.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "streamflow_assets.cli", "api", "--port", str(port), *options],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamflow_assets.db import libpq_url
 from streamflow_assets.model_registry import Registry
@@ -256,3 +257,72 @@ def test_a_422_quotes_only_a_prefix_of_a_huge_value(api):
     (error,) = response.json()["detail"]
     assert error["loc"] == ["body", "user_id"]
     assert error["input"] == "7" * 40 + "... (60,000 characters)"
+
+
+def metric_samples(client: httpx.Client) -> dict[tuple, float]:
+    """Every sample of /metrics: (name, sorted labels) -> value."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def counted(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_requests_by_endpoint_and_status(api, served, seed_drops):
+    user = read_month(seed_drops, 1, "users")["user_id"].iloc[0]
+    before = metric_samples(api)
+    for _ in range(3):
+        assert api.get(f"/features/{user}").status_code == 200
+    assert api.get("/features/0000-ZZZZZ").status_code == 404
+    assert api.get("/health").status_code == 200
+    after = metric_samples(api)
+
+    ok = {"endpoint": "/features/{user_id}", "method": "GET", "status": "200"}
+    missing = {**ok, "status": "404"}
+    assert (
+        counted(after, "streamflow_api_requests_total", **ok)
+        - counted(before, "streamflow_api_requests_total", **ok)
+        == 3
+    )
+    assert (
+        counted(after, "streamflow_api_requests_total", **missing)
+        - counted(before, "streamflow_api_requests_total", **missing)
+        == 1
+    )
+    latency = "streamflow_api_request_seconds_count"
+    assert counted(after, latency, **ok) - counted(before, latency, **ok) == 3
+    reads = "streamflow_online_read_seconds_count"
+    assert counted(after, reads) - counted(before, reads) == 4
+    # The champion /health names is the one the metrics say is served.
+    champion = api.get("/health").json()["champion"]
+    served_versions = {
+        dict(labels)["version"]: value
+        for (name, labels), value in after.items()
+        if name == "streamflow_champion_info"
+    }
+    assert {v for v, value in served_versions.items() if value == 1} == (
+        {champion} if champion else set()
+    )
+
+
+def test_metrics_add_up_the_workers(served, seed_drops):
+    users = list(read_month(seed_drops, 1, "users")["user_id"].iloc[:5])
+    process, base = start_api(dict(os.environ), "--workers", "2")
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for _ in range(8):
+                for user in users:
+                    assert client.get(f"/features/{user}").status_code == 200
+            samples = metric_samples(client)
+    finally:
+        stop_api(process)
+    ok = {"endpoint": "/features/{user_id}", "method": "GET", "status": "200"}
+    # Whichever worker answered the scrape, every worker's requests are in it.
+    assert counted(samples, "streamflow_api_requests_total", **ok) == 40

@@ -19,7 +19,7 @@ from typing import Annotated
 from fastapi import Body, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from feast import FeatureService, FeatureStore
 from feast.errors import FeatureServiceNotFoundException
@@ -35,6 +35,12 @@ from streamflow_assets.model import load as load_model
 from streamflow_assets.model_registry import CHAMPION, MODEL_NAME, Registry, RegistryError
 from streamflow_assets.months import as_of
 from streamflow_assets.serving.limits import BodyLimit, validation_error
+from streamflow_assets.serving.metrics import (
+    RequestMetrics,
+    exposition,
+    serving_champion,
+    timed_online_read,
+)
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import USER_ID_PATTERN
 
@@ -166,9 +172,10 @@ class Online:
         chunk = max(1, self.batched_rows // max(len(set(self.view_of.values())), 1))
         for i in range(0, len(user_ids), chunk):
             part = user_ids[i : i + chunk]
-            response = await self.store.get_online_features_async(
-                features=self.service, entity_rows=[{"user_id": u} for u in part]
-            )
+            with timed_online_read():
+                response = await self.store.get_online_features_async(
+                    features=self.service, entity_rows=[{"user_id": u} for u in part]
+                )
             columns = response.to_dict(include_event_timestamps=True)
             self._collect(part, columns, online_as_of, found, unknown)
         return found, unknown
@@ -292,6 +299,7 @@ class Models:
                 self._model = load_model(self._registry, decision)
                 self._version = decision.version
                 log.info("serving %s", self._model.version)
+            serving_champion(self.version)
         except RegistryError as exc:
             log.error("%s; still serving %s", exc, self._model.version if self._model else "none")
             self._why = str(exc)
@@ -341,6 +349,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     app.add_middleware(BodyLimit)
+    app.add_middleware(RequestMetrics)  # outermost: it counts what the body limit refuses too
     app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.exception_handler(NotReady)
@@ -353,6 +362,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(
             status_code=503, content={"detail": f"online store unavailable: {type(exc).__name__}"}
         )
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus' text format: requests and latency per endpoint and status, the online
+        store's read latency, the champion served."""
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     @app.get(
         "/health",
