@@ -31,7 +31,7 @@ def streamflow(home: Path, *args: str, cwd: Path | None = None) -> subprocess.Co
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # the 3-month sample takes 70-90 s here; more on a busy machine
         cwd=cwd,
     )
 
