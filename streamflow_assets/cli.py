@@ -280,6 +280,25 @@ def bench_faults(users, seed, drops) -> None:
     bench_faults(users=users, seed=seed, drops=drops)
 
 
+@bench.command("scale")
+@click.option(
+    "--users",
+    "sizes",
+    type=click.IntRange(min=1),
+    multiple=True,
+    default=(10_000_000,),
+    show_default=True,
+    help="Users a month; give two sizes (e.g. --users 1000000 --users 10000000) for the ratios.",
+)
+@click.option("--months", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def bench_scale(sizes, months, seed) -> None:
+    """The whole graph month by month at each size: seconds per step, peak RSS, database size."""
+    from streamflow_bench.scale import bench_scale
+
+    bench_scale(sorted(sizes), months=months, seed=seed)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)

@@ -3,8 +3,12 @@ on."""
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -70,3 +74,25 @@ def test_an_answer_the_inspector_rejects_is_a_failed_request(flaky_server):
     )  # fmt: skip
     assert "mixed months" in stats["failed"] and "ClientPayloadError" in stats["failed"]
     assert stats["n"] + int(stats["failed"].split()[0]) == 60
+
+
+def test_bench_scale_prints_every_step_the_peak_rss_and_the_ratios(project_env):
+    """Two small sizes through the whole graph, each month in a process of its own."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streamflow_assets.cli", "bench", "scale",
+         "--users", "300", "--users", "900", "--months", "1"],
+        env=dict(os.environ), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "FAILED" not in out, out
+    for step in ("ingest_monthly_drop", "online_features", "training_dataset", "churn_scores"):
+        assert out.count(step) == 3, out  # both sizes' tables, and the ratios
+    sizes = re.findall(r"^users\s+([\d,]+)$", out, re.MULTILINE)
+    assert [int(s.replace(",", "")) for s in sizes] == [300, 900]
+    rss = [
+        int(v.replace(",", ""))
+        for v in re.findall(r"^peak RSS of the run\s+([\d,]+) MB", out, re.M)
+    ]
+    assert len(rss) == 2 and all(100 < mb < 8_000 for mb in rss)
+    assert "900 against 300 users (3.0x)" in out

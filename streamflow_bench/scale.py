@@ -1,0 +1,175 @@
+"""The whole graph at scale: `streamflow bench scale --users N [--users M]`.
+
+For each size: generated months (two by default) through `monthly_graph`, each month in a process
+of its own as a run would be, on a scratch database of the settings' server. Printed per month:
+each step's seconds, the run process's peak RSS and the database's size; with two sizes, each
+step's time ratio beside the users ratio, so a step that grows faster than its input shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_RESULT = "streamflow-bench-scale: "
+"""The child's last line: its result as JSON after this prefix."""
+
+
+@dataclass
+class Month:
+    partition: str
+    users: int = 0
+    steps: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    database_mb: float = 0.0
+    failed: str = ""
+
+
+def bench_scale(sizes: list[int], months: int, seed: int) -> None:
+    from streamflow_assets.db import database_url
+    from streamflow_assets.settings import Settings
+
+    settings = Settings.from_env()
+    server = database_url(settings)
+    results: dict[int, list[Month]] = {}
+    for users in sizes:
+        results[users] = run_size(server, users, months, seed, settings)
+        _print_size(users, results[users])
+    if len(sizes) >= 2:
+        _print_ratios(sizes[0], sizes[-1], results)
+
+
+def run_size(server, users: int, months: int, seed: int, settings) -> list[Month]:
+    from streamflow_assets.db import libpq_url
+    from streamflow_assets.generator import generate_drops
+    from streamflow_assets.months import partition_key
+    from streamflow_assets.runs import INSTANCE_CONFIG
+    from streamflow_assets.settings import add_months
+    from streamflow_bench.benchmarks import scratch_database
+
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-scale-")))
+        started = time.perf_counter()
+        generate_drops(
+            work / "drops", users=users, months=months, seed=seed, first_month=settings.first_month
+        )
+        print(
+            f"\n{users:,} users: {months} months generated in {time.perf_counter() - started:.0f} s"
+        )
+        url = stack.enter_context(scratch_database(server))
+        home = work / "dagster"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "STREAMFLOW_DATABASE_URL": libpq_url(url),
+            "STREAMFLOW_DROPS_DIR": str(work / "drops"),
+            "STREAMFLOW_OUTPUT_DIR": str(work / "processed"),
+        }
+        out = []
+        for i in range(months):
+            partition = partition_key(add_months(settings.first_month, i))
+            month = _run_month(partition, env)
+            month.database_mb = _database_mb(url)
+            out.append(month)
+            if month.failed:
+                print(f"  {partition} FAILED: {month.failed}")
+                break
+        return out
+
+
+def _run_month(partition: str, env: dict[str, str]) -> Month:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "streamflow_bench.scale", partition],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
+    if not lines:
+        return Month(partition, seconds=seconds, failed=(done.stderr or done.stdout)[-2000:])
+    month = Month(**json.loads(lines[-1].removeprefix(_RESULT)))
+    month.seconds = seconds
+    return month
+
+
+def _database_mb(url) -> float:
+    import psycopg
+
+    from streamflow_assets.db import libpq_url
+
+    with psycopg.connect(libpq_url(url)) as conn:
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    return size / 2**20
+
+
+def _print_size(users: int, months: list[Month]) -> None:
+    steps = list(months[0].steps) if months else []
+    print(f"{'step':24s}" + "".join(f"{m.partition:>12s}" for m in months))
+    for step in steps:
+        print(f"{step:24s}" + "".join(f"{m.steps.get(step, 0):11.1f}s" for m in months))
+    rows = (
+        ("whole month (process)", lambda m: f"{m.seconds:11.1f}s"),
+        ("users", lambda m: f"{m.users:12,}"),
+        ("peak RSS of the run", lambda m: f"{m.peak_rss_mb:9,.0f} MB"),
+        ("database size", lambda m: f"{m.database_mb:9,.0f} MB"),
+    )
+    for label, cell in rows:
+        print(f"{label:24s}" + "".join(cell(m) for m in months))
+
+
+def _print_ratios(small: int, large: int, results: dict[int, list[Month]]) -> None:
+    print(f"\n{large:,} against {small:,} users ({large / small:.1f}x), the last month of each:")
+    a, b = results[small][-1], results[large][-1]
+    print(f"{'step':24s} {'small s':>9s} {'large s':>9s} {'ratio':>7s}")
+    for step in a.steps:
+        if step in b.steps and a.steps[step] > 0:
+            ratio = b.steps[step] / a.steps[step]
+            print(f"{step:24s} {a.steps[step]:9.1f} {b.steps[step]:9.1f} {ratio:6.1f}x")
+    print(f"{'whole month':24s} {a.seconds:9.1f} {b.seconds:9.1f} {b.seconds / a.seconds:6.1f}x")
+    print(f"{'peak RSS (MB)':24s} {a.peak_rss_mb:9,.0f} {b.peak_rss_mb:9,.0f}")
+
+
+def main(partition: str) -> int:
+    """One month of `monthly_graph` in this process (the benchmark's child); its result as JSON."""
+    import dagster as dg
+
+    from streamflow_assets.runs import run_monthly_graph
+
+    steps: dict[str, float] = {}
+
+    def step_done(step: str, ok: bool, seconds: float | None) -> None:
+        steps[step] = seconds if seconds is not None else float("nan")
+
+    with dg.DagsterInstance.get() as instance:
+        result = run_monthly_graph(partition, instance, on_step=step_done)
+    users = 0
+    for event in result.get_asset_materialization_events():
+        materialization = event.materialization
+        if materialization.asset_key.to_user_string() == "users":
+            users = materialization.metadata["rows staged"].value
+    failed = "; ".join(
+        f"{e.step_key}: {e.event_specific_data.error.message.strip()[:300]}"
+        for e in result.get_step_failure_events()
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    month = {"partition": partition, "users": users, "steps": steps, "peak_rss_mb": peak,
+             "failed": failed}  # fmt: skip
+    print(_RESULT + json.dumps(month), flush=True)
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
