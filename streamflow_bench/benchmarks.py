@@ -522,14 +522,22 @@ def _server_process(kind: list[str], workers: int):
                 time.sleep(0.3)
         yield base
     finally:
-        # The server and its workers; whatever has not stopped after 30 s is killed (feast serve's
-        # workers once ignored SIGTERM after a heavy run and failed the whole benchmark).
+        stop_process_group(process)
+
+
+def stop_process_group(process) -> None:
+    """A server started in a session of its own, and its workers: whatever has not stopped 30 s
+    after SIGTERM is killed (feast serve's workers once ignored SIGTERM after a heavy run and
+    failed the whole benchmark)."""
+    import subprocess
+
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 REQUEST_TIMEOUT = 10.0

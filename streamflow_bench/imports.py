@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -69,7 +68,7 @@ def bench_launch(users: int = 7_000) -> None:
     from streamflow_assets.months import partition_key
     from streamflow_assets.runs import INSTANCE_CONFIG
     from streamflow_assets.settings import Settings
-    from streamflow_bench.benchmarks import bench_drops, scratch_database
+    from streamflow_bench.benchmarks import bench_drops, scratch_database, stop_process_group
 
     settings = Settings.from_env()
     with contextlib.ExitStack() as stack:
@@ -91,7 +90,7 @@ def bench_launch(users: int = 7_000) -> None:
              "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-        stack.callback(_stop, server)
+        stack.callback(stop_process_group, server)
         _wait_for(f"http://127.0.0.1:{port}/server_info", server, timeout=180)
         print(f"dagster dev answering after {time.perf_counter() - started:.1f} s")
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
@@ -146,13 +145,3 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
