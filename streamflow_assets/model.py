@@ -6,9 +6,10 @@ it, trains on a seeded 80% of its users and is evaluated on the other 20%. Every
 registered in MLflow (model_registry.py) and promoted only when it beats the baselines and the
 champion as of the month before; a candidate that loses is an outcome, not a failure.
 `churn_scores` M scores month M's users with the champion as of M; the API's `/predict` scores a
-user's online features with the current champion. All of them turn features into the model's input
-with `feature_frame`, and the encoding of categories is inside the pipeline, so offline and online
-scores of the same values are the same number.
+user's online features with the current champion. Training and `churn_scores` turn a month's
+features into the model's input with `feature_frame`, and the encoding of categories is inside the
+pipeline; `/predict` encodes its one user's dict with that fitted encoding directly (no DataFrame
+for one row), so offline and online scores of the same values are the same number (tested).
 """
 
 from __future__ import annotations
