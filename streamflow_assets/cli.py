@@ -410,7 +410,14 @@ def run(months_wanted: tuple[str, ...]) -> None:
     from streamflow_assets.runs import dagster_home, run_monthly_graph
 
     settings = Settings.from_env()
+    # --month is checked before anything is written: a bad one changes nothing.
+    wanted = {f"{parse_month(m, '--month'):%Y-%m}" for m in months_wanted}
     if not any(settings.drops_dir.glob("month_*")):
+        if wanted:
+            raise click.ClickException(
+                f"--month {', '.join(sorted(wanted))}: {settings.drops_dir} holds no drops (run "
+                "without --month to write the sample and load all of it)"
+            )
         click.echo(f"{settings.drops_dir} holds no drops: writing a sample")
         generate_drops(
             settings.drops_dir,
@@ -421,8 +428,7 @@ def run(months_wanted: tuple[str, ...]) -> None:
             dynamic=True,
         )
     months = partitions_in_drops(settings)
-    if months_wanted:
-        wanted = {f"{parse_month(m, '--month'):%Y-%m}" for m in months_wanted}
+    if wanted:
         if missing := sorted(wanted - set(months)):
             raise click.ClickException(
                 f"--month {', '.join(missing)}: no drop folder in {settings.drops_dir} (it holds "

@@ -103,6 +103,36 @@ def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
     assert "STREAMFLOW_DATABASE_URL must be a postgresql:// URL" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("month", "says"),
+    [
+        ("2024-13", "--month must be a month written YYYY-MM (like 2024-01), got '2024-13'"),
+        ("2024-02", "--month 2024-02: "),
+    ],
+)
+def test_run_refuses_a_bad_month_and_writes_nothing(tmp_path, month, says):
+    # An empty drops folder and an unreachable database: the month is refused before either is
+    # touched (no sample written, no connection tried).
+    env = {
+        **os.environ,
+        "STREAMFLOW_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/nowhere",
+        "STREAMFLOW_HOME": str(tmp_path / "home"),
+        "STREAMFLOW_DROPS_DIR": str(tmp_path / "drops"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "streamflow_assets.cli", "run", "--month", month],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert says in result.stderr
+    assert not (tmp_path / "drops").exists() or not any((tmp_path / "drops").iterdir())
+    assert not (tmp_path / "home").exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the traversal rule only applies when run as root")
 def test_home_that_postgres_cannot_reach_names_the_variable_and_the_folder(tmp_path):
     closed = tmp_path / "closed"
