@@ -93,7 +93,7 @@ def run_monthly_graph(
             follower.join()
 
 
-INSTANCE_CONFIG = """\
+_MONITORING = """\
 # Written by streamflow: default storage (SQLite in this folder).
 # A run whose process died is marked failed: those of `streamflow run` by its next run, those
 # launched by the UI or the daemon by run monitoring (the daemon; `dagster dev` runs one).
@@ -103,6 +103,8 @@ run_monitoring:
   cancel_timeout_seconds: 180
   max_runtime_seconds: 14400
   poll_interval_seconds: 60
+"""
+_QUEUE = """\
 # Runs launched from the UI, the schedule and the sensor wait in the queue for at most a second
 # (Dagster's default is 5 s).
 run_coordinator:
@@ -110,19 +112,14 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     dequeue_interval_seconds: 1
+"""
+_TELEMETRY = """\
 # No telemetry from a data platform's runs.
 telemetry:
   enabled: false
 """
-_EARLIER_CONFIGS = (
-    "telemetry:\n  enabled: false\n",
-    INSTANCE_CONFIG.replace(
-        INSTANCE_CONFIG[
-            INSTANCE_CONFIG.index("# Runs launched") : INSTANCE_CONFIG.index("# No telemetry")
-        ],
-        "",
-    ),
-)
+INSTANCE_CONFIG = _MONITORING + _QUEUE + _TELEMETRY
+_EARLIER_CONFIGS = ("telemetry:\n  enabled: false\n", _MONITORING + _TELEMETRY)
 """What earlier versions wrote: replaced by the current config (a user's own file never is)."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -73,3 +74,20 @@ def test_the_documented_commands_work_from_a_plain_shell(project_env, tmp_path):
     )
     assert uri.returncode == 0, uri.stderr
     assert uri.stdout.startswith("postgresql")
+
+
+def test_the_instance_config_replaces_an_earlier_versions_but_never_a_users_own(tmp_path):
+    from streamflow_assets.runs import _EARLIER_CONFIGS, INSTANCE_CONFIG, dagster_home
+    from streamflow_assets.settings import Settings
+
+    settings = dataclasses.replace(Settings.from_env(), home=tmp_path / "home")
+    config = dagster_home(settings) / "dagster.yaml"
+    assert config.read_text() == INSTANCE_CONFIG  # written when missing
+    for earlier in _EARLIER_CONFIGS:
+        config.write_text(earlier)
+        dagster_home(settings)
+        assert config.read_text() == INSTANCE_CONFIG
+    own = INSTANCE_CONFIG + "# my own setting\n"
+    config.write_text(own)
+    dagster_home(settings)
+    assert config.read_text() == own
