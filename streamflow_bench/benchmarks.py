@@ -486,16 +486,12 @@ def _print_p99_by_window(timeline: list[tuple[float, float]], width: float = 20.
 
 @contextlib.contextmanager
 def _server_process(kind: list[str], workers: int):
-    import socket
     import subprocess
     import sys
-    import urllib.request
 
     from streamflow_assets.feature_store.repo import feast_command, feature_repo
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     if kind == ["api"]:
         command = [sys.executable, "-m", "streamflow_assets.cli", "api", "--port", str(port),
                    "--workers", str(workers)]  # fmt: skip
@@ -505,24 +501,44 @@ def _server_process(kind: list[str], workers: int):
         repo = feature_repo(Settings.from_env())
         command = feast_command(repo, "serve", "-p", str(port), "-w", str(workers),
                                 "--no-access-log", "--max-requests", "0")  # fmt: skip
-    probe = "/health"
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(base + probe, timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"{' '.join(command)} did not start") from None
-                time.sleep(0.3)
+        wait_for_http(f"{base}/health", process, timeout=120)
         yield base
     finally:
         stop_process_group(process)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now, for a server a benchmark starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, process, timeout: float) -> None:
+    """Until `url` answers (any status): the server `process` started is up. Raises when the
+    process exits first or `timeout` seconds pass."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{' '.join(process.args)} exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 def stop_process_group(process) -> None:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 MODULES = {
@@ -68,7 +66,13 @@ def bench_launch(users: int = 7_000) -> None:
     from streamflow_assets.months import partition_key
     from streamflow_assets.runs import INSTANCE_CONFIG
     from streamflow_assets.settings import Settings
-    from streamflow_bench.benchmarks import bench_drops, scratch_database, stop_process_group
+    from streamflow_bench.benchmarks import (
+        bench_drops,
+        free_port,
+        scratch_database,
+        stop_process_group,
+        wait_for_http,
+    )
 
     settings = Settings.from_env()
     with contextlib.ExitStack() as stack:
@@ -83,7 +87,7 @@ def bench_launch(users: int = 7_000) -> None:
             "STREAMFLOW_DROPS_DIR": str(drops),
             "STREAMFLOW_OUTPUT_DIR": str(home / "processed"),
         }
-        port = _free_port()
+        port = free_port()
         started = time.perf_counter()
         server = subprocess.Popen(
             [sys.executable, "-m", "dagster", "dev", "-m", "streamflow_assets.definitions",
@@ -91,7 +95,7 @@ def bench_launch(users: int = 7_000) -> None:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         stack.callback(stop_process_group, server)
-        _wait_for(f"http://127.0.0.1:{port}/server_info", server, timeout=180)
+        wait_for_http(f"http://127.0.0.1:{port}/server_info", server, timeout=180)
         print(f"dagster dev answering after {time.perf_counter() - started:.1f} s")
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         partition = partition_key(settings.first_month)
@@ -124,24 +128,3 @@ def _follow(instance, run_id: str, submitted: float, timeout: float = 600) -> di
             return marks
         time.sleep(0.2)
     raise TimeoutError(f"run {run_id} did not end within {timeout:.0f} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dagster dev exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
