@@ -9,6 +9,9 @@
 - STREAMFLOW_MODEL_WINDOW (12): how many months before M the churn model of month M trains on
 - STREAMFLOW_ONLINE_DEADLINE_DAY (5): the day of the next month by which a month must be online
   (the `online_features` freshness check goes red after it)
+- STREAMFLOW_ONLINE_STORE (postgres): Feast's online store: `postgres` (the settings' database),
+  `redis` or `redis_cluster` (Feast's Redis online store at STREAMFLOW_REDIS_URL)
+- STREAMFLOW_REDIS_URL (redis://127.0.0.1:6379/0): the Redis server, or one node of the cluster
 
 Relative paths are taken from the project folder: the nearest folder at or above the working
 directory that holds `workspace.yaml` (else the working directory), so `cd feature_repo && feast
@@ -24,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -36,6 +40,9 @@ OUTPUT_DIR_VAR = "STREAMFLOW_OUTPUT_DIR"
 FEATURE_REPO_VAR = "STREAMFLOW_FEATURE_REPO"
 MODEL_WINDOW_VAR = "STREAMFLOW_MODEL_WINDOW"
 ONLINE_DEADLINE_DAY_VAR = "STREAMFLOW_ONLINE_DEADLINE_DAY"
+ONLINE_STORE_VAR = "STREAMFLOW_ONLINE_STORE"
+REDIS_URL_VAR = "STREAMFLOW_REDIS_URL"
+ONLINE_STORES = ("postgres", "redis", "redis_cluster")
 
 DEFAULTS = {
     DATABASE_URL_VAR: "",
@@ -46,6 +53,8 @@ DEFAULTS = {
     FEATURE_REPO_VAR: "",
     MODEL_WINDOW_VAR: "12",
     ONLINE_DEADLINE_DAY_VAR: "5",
+    ONLINE_STORE_VAR: "postgres",
+    REDIS_URL_VAR: "redis://127.0.0.1:6379/0",
 }
 """Every setting and its default; an empty value means unset."""
 
@@ -73,7 +82,9 @@ class Settings:
     """The Feast repository (feature_repo/); None: the one installed with the package."""
     model_window: int = 12
     online_deadline_day: int = 5
-    """How many months before M the churn model of month M trains on."""
+    online_store: str = "postgres"
+    """One of ONLINE_STORES: `redis_cluster` is Feast's `redis_type: redis_cluster`."""
+    redis_url: str = DEFAULTS[REDIS_URL_VAR]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +113,8 @@ class Settings:
             feature_repo=path(FEATURE_REPO_VAR) if raw(FEATURE_REPO_VAR) else None,
             model_window=parse_window(raw(MODEL_WINDOW_VAR)),
             online_deadline_day=parse_day(raw(ONLINE_DEADLINE_DAY_VAR)),
+            online_store=parse_online_store(raw(ONLINE_STORE_VAR)),
+            redis_url=parse_redis_url(raw(REDIS_URL_VAR)),
         )
 
 
@@ -161,6 +174,33 @@ def parse_window(raw: str) -> int:
             f"{MODEL_WINDOW_VAR} must be a whole number of months from 1 to 120, got {raw!r}"
         )
     return int(raw)
+
+
+def parse_online_store(raw: str) -> str:
+    if raw not in ONLINE_STORES:
+        raise SettingsError(
+            f"{ONLINE_STORE_VAR} must be one of {', '.join(ONLINE_STORES)}, got {raw!r}"
+        )
+    return raw
+
+
+def parse_redis_url(raw: str) -> str:
+    """A redis:// (or rediss://) URL with a host, and a database number if any."""
+    url = urlsplit(raw)
+    shown = raw.replace(f"{url.netloc.rpartition('@')[0]}@", "***@") if "@" in url.netloc else raw
+    try:
+        url.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("redis", "rediss") or not url.hostname:
+        raise SettingsError(
+            f"{REDIS_URL_VAR} must be a URL like redis://host:6379/0, got {shown!r}"
+        )
+    if url.path.strip("/") and not url.path.strip("/").isdigit():
+        raise SettingsError(
+            f"{REDIS_URL_VAR}: the path is the database number (like /0), got {shown!r}"
+        )
+    return raw
 
 
 def add_months(month: date, n: int) -> date:

@@ -151,7 +151,7 @@ def test_a_changed_private_detail_is_named():
 def test_the_adapter_ranges_are_the_ones_pyproject_installs():
     pyproject = (PROJECT / "pyproject.toml").read_text()
     for distribution, adapter in (
-        ("feast[postgres,grpcio]", feast_adapter),
+        ("feast[postgres,grpcio,redis]", feast_adapter),
         ("great_expectations", gx_adapter),
         ("pgserver", pgserver_adapter),
     ):

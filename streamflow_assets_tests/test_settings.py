@@ -76,6 +76,34 @@ def test_bad_model_window_names_the_variable(value):
     assert Settings.from_env({"STREAMFLOW_MODEL_WINDOW": " 3 "}).model_window == 3
 
 
+@pytest.mark.parametrize(
+    ("var", "value", "says"),
+    [
+        ("STREAMFLOW_ONLINE_STORE", "memcached", "postgres, redis, redis_cluster"),
+        ("STREAMFLOW_REDIS_URL", "http://127.0.0.1:6379/0", "redis://host:6379/0"),
+        ("STREAMFLOW_REDIS_URL", "redis://127.0.0.1:port/0", "redis://host:6379/0"),
+        ("STREAMFLOW_REDIS_URL", "redis://127.0.0.1:6379/zero", "the database number"),
+        ("STREAMFLOW_REDIS_URL", "http://me:s3cret@127.0.0.1:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_bad_online_store_setting_names_the_variable(var, value, says):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({var: value})
+    message = str(err.value)
+    assert var in message and says in message
+    assert repr(value.replace("me:s3cret@", "***@")) in message and "s3cret" not in message
+
+
+def test_redis_url_becomes_feasts_connection_string():
+    from streamflow_assets.feature_store.connection import redis_connection_string
+
+    assert redis_connection_string("redis://127.0.0.1:6379/3") == "127.0.0.1:6379,db=3"
+    assert (
+        redis_connection_string("rediss://user:s3cret@cache.internal:6380/0")
+        == "cache.internal:6380,db=0,username=user,password=s3cret,ssl=true"
+    )
+
+
 def test_unreachable_database_names_the_variable_and_hides_the_password():
     # Port 1 on loopback: nothing listens there, the connection is refused at once.
     settings = Settings.from_env(

@@ -18,16 +18,18 @@ from streamflow_assets.settings import (
     FIRST_MONTH_VAR,
     HOME_VAR,
     MODEL_WINDOW_VAR,
+    ONLINE_STORE_VAR,
     OUTPUT_DIR_VAR,
+    REDIS_URL_VAR,
     Settings,
 )
 
 
 class StreamflowSettings(dg.ConfigurableResource):
     """The PostgreSQL of STREAMFLOW_DATABASE_URL (or the embedded one, started on first use), the
-    drops folder, the first month, the output folder and the model window. Each field is the
-    environment variable of the same name when it is set, else its default; an empty
-    database_url means the embedded PostgreSQL under `home`."""
+    drops folder, the first month, the output folder, the model window and the online store.
+    Each field is the environment variable of the same name when it is set, else its default;
+    an empty database_url means the embedded PostgreSQL under `home`."""
 
     database_url: str = ""
     home: str = DEFAULTS[HOME_VAR]
@@ -36,6 +38,8 @@ class StreamflowSettings(dg.ConfigurableResource):
     output_dir: str = DEFAULTS[OUTPUT_DIR_VAR]
     feature_repo: str = ""
     model_window: str = DEFAULTS[MODEL_WINDOW_VAR]
+    online_store: str = DEFAULTS[ONLINE_STORE_VAR]
+    redis_url: str = DEFAULTS[REDIS_URL_VAR]
 
     _settings: Settings | None = PrivateAttr(default=None)
 
@@ -50,6 +54,8 @@ class StreamflowSettings(dg.ConfigurableResource):
                     OUTPUT_DIR_VAR: self.output_dir,
                     FEATURE_REPO_VAR: self.feature_repo,
                     MODEL_WINDOW_VAR: self.model_window,
+                    ONLINE_STORE_VAR: self.online_store,
+                    REDIS_URL_VAR: self.redis_url,
                 }
             )
         return self._settings
@@ -72,6 +78,8 @@ _FIELDS = {
     "output_dir": OUTPUT_DIR_VAR,
     "feature_repo": FEATURE_REPO_VAR,
     "model_window": MODEL_WINDOW_VAR,
+    "online_store": ONLINE_STORE_VAR,
+    "redis_url": REDIS_URL_VAR,
 }
 
 

@@ -47,13 +47,19 @@ def feature_repo(settings: Settings) -> Path:
 def feature_store(settings: Settings) -> FeatureStore:
     """Feast's FeatureStore over the repository, connected through the project's settings: one
     per process and database (each holds connection pools), its registry cache refreshed."""
-    store = _store(feature_repo(settings), settings.database_url, settings.home)
+    store = _store(
+        feature_repo(settings),
+        settings.database_url,
+        settings.home,
+        settings.online_store,
+        settings.redis_url,
+    )
     store.refresh_registry()
     return store
 
 
 @functools.cache
-def _store(repo: Path, database_url, home: Path) -> FeatureStore:
+def _store(repo: Path, database_url, home: Path, online_store: str, redis_url: str) -> FeatureStore:
     from feast import FeatureStore
 
     return FeatureStore(repo_path=str(repo))
