@@ -2,7 +2,8 @@
 
 - The online format: Feast's entity-key serialization (version 3) and the `feast.types.Value`
   protobuf, which the set-based writer (feature_store/online.py) produces inside PostgreSQL,
-  and the online table name Feast's PostgreSQL store uses for a feature view.
+  and the online table name Feast's PostgreSQL store uses for a feature view; in Redis, the key
+  of an entity and the hash fields of a feature view's values and event time.
 - Repository parsing and apply, as the `feast` CLI does them (`feast.repo_operations`).
 - Feast's run-time argument type checks (typeguard), which the API turns off while serving.
 
@@ -44,6 +45,9 @@ __all__ = [
     "entity_key_prefix",
     "online_table_name",
     "parse_repo",
+    "redis_client",
+    "redis_fields",
+    "redis_key_suffix",
     "repo_files",
     "type_checks_off",
     "value_field_number",
@@ -69,6 +73,16 @@ def check(installed: str | None = None) -> None:
         "PostgreSQLOnlineStore reads every view in one statement up to MAX_BATCHED_RESULT_ROWS",
         hasattr(postgres, "MAX_BATCHED_RESULT_ROWS")
         and hasattr(postgres.PostgreSQLOnlineStore, "_construct_batched_query_and_params"),
+    )
+    from feast.infra.online_stores import redis
+
+    private_detail(
+        "feast",
+        "the Redis store's key (helpers._redis_key), field hash (helpers._mmh3) and view name "
+        "(redis._versioned_fv_name)",
+        hasattr(_online_helpers, "_redis_key")
+        and hasattr(_online_helpers, "_mmh3")
+        and hasattr(redis, "_versioned_fv_name"),
     )
     params = list(inspect.signature(serialize_entity_key).parameters)
     private_detail(
@@ -107,6 +121,32 @@ def batched_read_rows(config: RepoConfig) -> int:
 def online_table_name(config: RepoConfig, view: FeatureView) -> str:
     """The table of a feature view in Feast's PostgreSQL online store."""
     return _online_helpers.compute_table_id(config.project, view)
+
+
+def redis_key_suffix(config: RepoConfig) -> bytes:
+    """What follows the serialized entity key in the key of an entity in Feast's Redis store."""
+    from feast.infra.online_stores.helpers import _redis_key
+
+    empty = EntityKey(join_keys=["k"], entity_values=[Value(string_val="")])
+    return _redis_key(config.project, empty, ENTITY_KEY_VERSION)[
+        len(serialize_entity_key(empty, ENTITY_KEY_VERSION)) :
+    ]
+
+
+def redis_client(store):
+    """The redis-py client (Redis or RedisCluster) Feast's Redis online store of `store` reads
+    with, configured as Feast configures it."""
+    return store._get_provider().online_store._get_client(store.config.online_store)
+
+
+def redis_fields(config: RepoConfig, view: FeatureView) -> tuple[bytes, list[bytes]]:
+    """(event time field, [value field of each feature]) of a feature view in the hash of an
+    entity in Feast's Redis store, as its `online_write_batch` names them."""
+    from feast.infra.online_stores.helpers import _mmh3
+    from feast.infra.online_stores.redis import _versioned_fv_name
+
+    name = _versioned_fv_name(view, config)
+    return f"_ts:{name}".encode(), [_mmh3(f"{name}:{f.name}") for f in view.features]
 
 
 def repo_files(repo: Path) -> list[Path]:

@@ -1,5 +1,6 @@
-"""Materialize a month into Feast's online store: every feature view staged, all of them published
-in one transaction, then the registry's record of the interval."""
+"""Materialize a month into Feast's online store: in PostgreSQL every feature view staged, all of
+them published in one transaction; in Redis every user's views in one write each; then the
+registry's record of the interval."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from feast import FeatureStore, FeatureView
 from sqlalchemy.engine import Engine
 
 from streamflow_assets.failpoints import failpoint
+from streamflow_assets.feature_store.connection import uses_redis
 from streamflow_assets.feature_store.online import (
     drop_staged,
     ensure_published_table,
@@ -17,6 +19,7 @@ from streamflow_assets.feature_store.online import (
     publish,
     stage_view,
 )
+from streamflow_assets.feature_store.redis_online import write_month
 from streamflow_assets.feature_store.registry import record_intervals
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.months import partition_key
@@ -40,8 +43,14 @@ def materialize_month(
             "the registry holds no feature view: materialize feast_registry first"
         )
     month = partition_key(start.date())
-    tables = [online_table(store.config, v) for v in in_read_order(store, views)]
     ensure_published_table(engine)
+    if uses_redis(store.config):
+        with advisory_lock(engine, ONLINE_LOCK):
+            written = write_month(engine, store, views, start, end, month)
+        failpoint("online.published")
+        record_intervals(engine, store, start, end)
+        return {"window": f"[{start.isoformat()}, {end.isoformat()})", **written}
+    tables = [online_table(store.config, v) for v in in_read_order(store, views)]
     with advisory_lock(engine, ONLINE_LOCK):
         leftovers = drop_staged(engine, tables)
         with ThreadPoolExecutor(WRITE_THREADS) as pool:

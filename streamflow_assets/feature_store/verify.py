@@ -16,11 +16,20 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from feast import FeatureStore, FeatureView
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.engine import Engine
 
-from streamflow_assets.adapters.feast import entity_key_prefix, type_checks_off
+from streamflow_assets.adapters.feast import (
+    entity_key_prefix,
+    redis_client,
+    redis_fields,
+    redis_key_suffix,
+    type_checks_off,
+)
 from streamflow_assets.checks import EVERY_USER_ONLINE, ONLINE_MATCHES_OFFLINE
+from streamflow_assets.feature_store.connection import uses_redis
 from streamflow_assets.feature_store.online import online_table, published_months
+from streamflow_assets.feature_store.redis_online import month_keys_sql, stream_rows
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.feature_store.training import training_table
 from streamflow_assets.months import as_of, partition_key, time_window
@@ -35,8 +44,11 @@ EXAMPLES = 5
 def every_user_online(engine: Engine, store: FeatureStore, partition: str) -> CheckOutcome:
     start, end = time_window(partition)
     views = store.registry.list_feature_views(store.project, allow_cache=False)
-    with ThreadPoolExecutor(2) as pool:
-        rows = list(pool.map(lambda v: _view_coverage(engine, store, v, start, end), views))
+    if uses_redis(store.config):
+        rows = _redis_coverage(engine, store, views, start, end)
+    else:
+        with ThreadPoolExecutor(2) as pool:
+            rows = list(pool.map(lambda v: _view_coverage(engine, store, v, start, end), views))
     with engine.connect() as conn:
         published = partition in published_months(conn)
     unrecorded = sorted(v.name for v in views if (start, end) not in v.materialization_intervals)
@@ -126,6 +138,56 @@ def _view_coverage(
         "unknown": unknown,
         "missing e.g.": ", ".join(examples or []) or "-",
     }
+
+
+def _redis_coverage(
+    engine: Engine, store: FeatureStore, views: list[FeatureView], start: datetime, end: datetime
+) -> list[dict]:
+    """`_view_coverage` of every view in Feast's Redis store: each user of the month's event
+    time per view read back (pipelined HMGET), and the store's keys of this project counted
+    against the users any month had (a key no month had makes the count exceed it)."""
+    config = store.config
+    client = redis_client(store)
+    ts_fields = [redis_fields(config, v)[0] for v in views]
+    query, params = month_keys_sql(store, views)
+    counts = [{"month users": 0, "missing": 0, "older": 0, "examples": []} for _ in views]
+    start_seconds = start.timestamp()
+    for rows in stream_rows(engine, query, {**params, "start": start, "end": end}):
+        pipe = client.pipeline(transaction=False)
+        for row in rows:
+            pipe.hmget(row[0], ts_fields)
+        for row, stored in zip(rows, pipe.execute(), strict=True):
+            for i, count in enumerate(counts):
+                if not row[2 + i]:
+                    continue
+                count["month users"] += 1
+                if stored[i] is None:
+                    count["missing"] += 1
+                    if len(count["examples"]) < EXAMPLES:
+                        count["examples"].append(row[1])
+                elif Timestamp.FromString(stored[i]).seconds < start_seconds:
+                    count["older"] += 1
+    suffix = redis_key_suffix(config)
+    online = sum(
+        1 for key in client.scan_iter(match=b"*" + suffix, count=10_000) if key.endswith(suffix)
+    )
+    (join_key,) = views[0].join_keys
+    lives = {_live_table(v.batch_source.get_table_query_string()) for v in views}
+    users = " UNION ".join(f"SELECT {ident(join_key)} FROM {ident(t)}" for t in sorted(lives))
+    with engine.connect() as conn:
+        ever = conn.execute(sa.text(f"SELECT count(*) FROM ({users}) u")).scalar_one()
+    return [
+        {
+            "feature view": view.name,
+            "online store": "redis",
+            "month users": count["month users"],
+            "missing": count["missing"],
+            "older": count["older"],
+            "unknown": max(0, online - ever),
+            "missing e.g.": ", ".join(sorted(count["examples"])) or "-",
+        }
+        for view, count in zip(views, counts, strict=True)
+    ]
 
 
 def _live_table(source: str) -> str:
