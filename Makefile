@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev mlflow feast-ui api test test-embedded lint lock graph browser compose db-stop clean
+.PHONY: run dev mlflow feast-ui api test test-embedded lint lock graph browser compose redis db-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -64,8 +64,15 @@ compose: $(COMPOSE)
 $(COMPOSE):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose
 
-# Against STREAMFLOW_TEST_DATABASE_URL when set, else the embedded PostgreSQL.
-test: $(VENV)/.installed-dev lint $(CHROMIUM) $(COMPOSE)
+# redis-server: the Redis Cluster the online-store tests start (three masters on local ports).
+REDIS_SERVER ?= /usr/bin/redis-server
+redis: $(REDIS_SERVER)
+$(REDIS_SERVER):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+
+# Against STREAMFLOW_TEST_DATABASE_URL when set, else the embedded PostgreSQL; the Redis tests
+# against STREAMFLOW_TEST_REDIS_URL, else the Redis at 127.0.0.1:6379 (skipped if none answers).
+test: $(VENV)/.installed-dev lint $(CHROMIUM) $(COMPOSE) $(REDIS_SERVER)
 	$(BIN)/pytest
 
 # The smoke tests on the embedded PostgreSQL, whatever STREAMFLOW_TEST_DATABASE_URL says.

@@ -37,6 +37,10 @@ from streamflow_assets.settings import Settings, parse_database_url
 from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA
 
 TEST_URL_VAR = "STREAMFLOW_TEST_DATABASE_URL"
+TEST_REDIS_VAR = "STREAMFLOW_TEST_REDIS_URL"
+"""The Redis server the Redis online-store tests use (default the machine's, 127.0.0.1:6379);
+they take database numbers 10 and up on it, flushing each before use."""
+TEST_REDIS_DBS = range(10, 16)
 
 
 def free_port() -> int:
@@ -223,6 +227,129 @@ def settings(project_env: dict[str, str]) -> Settings:
     return Settings.from_env()
 
 
+# ---- online stores: PostgreSQL (the settings' database), a Redis server, a Redis Cluster -------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Callable[[], dict[str, str]]]:
+    """Hand out the online-store environment of a Redis database of the test server, flushed
+    (a number of its own each time); skips when no Redis answers."""
+    import redis
+
+    base = os.environ.get(TEST_REDIS_VAR, "") or "redis://127.0.0.1:6379"
+    try:
+        redis.Redis.from_url(base, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis answers at {base} ({exc}): set {TEST_REDIS_VAR}")
+    free = iter(TEST_REDIS_DBS)
+
+    def next_database() -> dict[str, str]:
+        url = f"{base.rstrip('/')}/{next(free)}"
+        redis.Redis.from_url(url).flushdb()
+        return {"STREAMFLOW_ONLINE_STORE": "redis", "STREAMFLOW_REDIS_URL": url}
+
+    yield next_database
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A Redis Cluster of three masters on free local ports, started from the machine's
+    redis-server; the online-store environment pointing at one of its nodes."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server on PATH to start a Redis Cluster with")
+    folder = tmp_path_factory.mktemp("redis_cluster")
+    processes: list[subprocess.Popen] = []
+    try:
+        for _ in range(3):
+            processes.append(_cluster_node(server, folder))
+        ports = [int(p.args[2]) for p in processes]
+        nodes = [redis.Redis(port=port) for port in ports]
+        # The 16384 slots split over the three masters, as `redis-cli --cluster create` does.
+        for i, node in enumerate(nodes):
+            node.execute_command("CLUSTER ADDSLOTSRANGE", 16384 * i // 3, 16384 * (i + 1) // 3 - 1)
+        for node in nodes[1:]:
+            node.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
+        _wait_for(
+            lambda: all(n.execute_command("CLUSTER INFO")["cluster_state"] == "ok" for n in nodes),
+            "the cluster to be ok",
+        )
+        RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", ports[0])]).ping()
+        yield {
+            "STREAMFLOW_ONLINE_STORE": "redis_cluster",
+            "STREAMFLOW_REDIS_URL": f"redis://127.0.0.1:{ports[0]}",
+            "ports": ",".join(map(str, ports)),
+        }
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def _cluster_node(server: str, folder: Path) -> subprocess.Popen:
+    """A cluster-enabled redis-server on a free port, answering (another port when the one
+    picked was taken meanwhile)."""
+    import redis
+
+    for _ in range(5):
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                server, "--port", str(port), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--appendonly", "no", "--save", "", "--dir", str(folder),
+            ],
+            stdout=(folder / f"redis-{port}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        node = redis.Redis(port=port)
+        _wait_for(
+            lambda: process.poll() is not None or _answers(node),  # noqa: B023
+            f"redis-server on port {port} (log in {folder})",
+        )
+        if process.poll() is None:
+            return process
+    raise RuntimeError(f"redis-server did not start on five free ports (logs in {folder})")
+
+
+def _answers(node) -> bool:
+    import redis
+
+    try:
+        return bool(node.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"waited {timeout} s for {what}")
+        time.sleep(0.1)
+
+
+ONLINE_STORE_VARS = ("STREAMFLOW_ONLINE_STORE", "STREAMFLOW_REDIS_URL")
+_SESSION_ONLINE_STORE = {var: os.environ.get(var) for var in ONLINE_STORE_VARS}
+
+
+@pytest.fixture(autouse=True)
+def online_store_as_the_session_began() -> Iterator[None]:
+    """After every test, the online store variables as the session began. Module-scoped
+    warehouses set them through monkeypatches of their own; when two such patches interleave
+    (one warehouse activated while another's value is set), the one undone last would restore
+    the other's value for every later module."""
+    yield
+    for var, value in _SESSION_ONLINE_STORE.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
 # ---- warehouses: a database and a drops folder to run the asset graph on --------------------
 
 SEED_USERS = 300
@@ -239,9 +366,17 @@ def seed_drops(tmp_path_factory) -> Path:
 class Warehouse:
     """One test's database and drops folder, and ways to run the graph on them."""
 
-    def __init__(self, url: URL, drops: Path, monkeypatch: pytest.MonkeyPatch):
+    def __init__(
+        self,
+        url: URL,
+        drops: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        online: dict[str, str] | None = None,
+    ):
         self.url = url
         self.drops = drops
+        self.online = {k: v for k, v in (online or {}).items() if k in ONLINE_STORE_VARS}
+        """The online store's settings (none: PostgreSQL, the default)."""
         self.output = drops.parent / f"{drops.name}-processed"
         self._monkeypatch = monkeypatch
         self.activate()
@@ -253,6 +388,11 @@ class Warehouse:
         self._monkeypatch.setenv("STREAMFLOW_DROPS_DIR", str(self.drops))
         self._monkeypatch.setenv("STREAMFLOW_FIRST_MONTH", "2024-01")
         self._monkeypatch.setenv("STREAMFLOW_OUTPUT_DIR", str(self.output))
+        for var in ONLINE_STORE_VARS:
+            if var in self.online:
+                self._monkeypatch.setenv(var, self.online[var])
+            else:
+                self._monkeypatch.delenv(var, raising=False)
 
     def materialize(
         self, partition: str, selection=None, instance: dg.DagsterInstance | None = None
@@ -311,11 +451,11 @@ def new_warehouse(
     """Make warehouses: an empty database (or a copy of one) and a copy of the seed drops."""
     made: list[Warehouse] = []
 
-    def make(template: URL | None = None) -> Warehouse:
+    def make(template: URL | None = None, online: dict[str, str] | None = None) -> Warehouse:
         drops = tmp_path / f"drops{len(made)}"
         shutil.copytree(seed_drops, drops)
         url = create_database(server_url, template.database if template else None)
-        made.append(Warehouse(url, drops, monkeypatch))
+        made.append(Warehouse(url, drops, monkeypatch, online))
         return made[-1]
 
     yield make
