@@ -28,12 +28,14 @@ from streamflow_assets_tests.conftest import (
 )
 
 
-@pytest.fixture(scope="module")
-def served(server_url, seed_drops) -> Iterator[tuple[str, Warehouse]]:
-    """Months 1 and 2 through the whole graph, and an API server process over them."""
+@pytest.fixture(scope="module", params=["postgres", "redis"])
+def served(request, server_url, seed_drops) -> Iterator[tuple[str, Warehouse]]:
+    """Months 1 and 2 through the whole graph, and an API server process over them; online in
+    PostgreSQL, then in Redis."""
+    online = request.getfixturevalue("redis_server")() if request.param == "redis" else None
     url = create_database(server_url)
     with pytest.MonkeyPatch.context() as patch:
-        warehouse = Warehouse(url, seed_drops, patch)
+        warehouse = Warehouse(url, seed_drops, patch, online)
         warehouse.load("2024-01", "2024-02")
         process, base = start_api(dict(os.environ))
         try:
