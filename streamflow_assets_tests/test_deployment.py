@@ -176,8 +176,11 @@ def test_compose_file_is_valid_and_its_paths_exist(tmp_path):
             env_file.unlink()
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
-    assert set(resolved["services"]) == {"postgres", "code", "webserver", "daemon", "api"}
+    assert set(resolved["services"]) == {"postgres", "redis", "code", "webserver", "daemon", "api"}
     assert resolved["services"]["postgres"]["image"] == "postgres:16"
+    # Redis only when asked for: its profile, and the online store variable, default PostgreSQL.
+    assert resolved["services"]["redis"]["profiles"] == ["redis"]
+    assert resolved["services"]["api"]["environment"]["STREAMFLOW_ONLINE_STORE"] == "postgres"
     assert "healthcheck" in resolved["services"]["postgres"]
 
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
