@@ -168,7 +168,7 @@ def write_month(
                     for field, value in zip(value_fields, values, strict=True):
                         args.append(field)
                         args.append(value)
-                elif kept:
+                elif stamp is not None:
                     skipped += 1
                 at += 1 + len(value_fields)
             if args:
