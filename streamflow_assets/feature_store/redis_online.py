@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -38,6 +39,9 @@ from streamflow_assets.sql import background_session, ident
 
 BATCH_USERS = 5_000
 """Users per pipeline: one round trip each, a few MB of commands."""
+WRITE_PARTS = 2
+"""Sessions writing side by side, each a share of the users (by a hash of the id): PostgreSQL
+encodes one share while Python sends the other's."""
 
 
 def timestamp_sql(column: str) -> str:
@@ -70,7 +74,8 @@ def _month_users(views: list[FeatureView], values: bool) -> tuple[str, str]:
         )
         ctes.append(
             f"m{i} AS (SELECT s.{ident(join_key)} AS k, s.{ts} AS t{i}{features} "
-            f"FROM {source.get_table_query_string()} s WHERE s.{ts} >= :start AND s.{ts} < :end)"
+            f"FROM {source.get_table_query_string()} s WHERE s.{ts} >= :start AND s.{ts} < :end "
+            f"AND abs(hashtext(s.{ident(join_key)}) % :parts) = :part)"
         )
     joined = " FULL JOIN ".join(f"m{i}" if i == 0 else f"m{i} USING (k)" for i in range(len(views)))
     return join_key, f"WITH {', '.join(ctes)} SELECT {{}} FROM {joined}"
@@ -107,6 +112,8 @@ def month_keys_sql(store: FeatureStore, views: list[FeatureView]) -> tuple[str, 
 def stream_rows(engine: Engine, query: str, params: dict) -> Iterator[list[tuple]]:
     """The query's rows in batches of BATCH_USERS, streamed from a server-side cursor."""
     with background_session(engine) as conn:
+        # The encoders are long expressions: compiling them (JIT) costs more than running them.
+        conn.execute(sa.text("SET LOCAL jit = off"))
         result = conn.execution_options(stream_results=True, max_row_buffer=BATCH_USERS).execute(
             sa.text(query), params
         )
@@ -137,22 +144,54 @@ def write_month(
     month: str,
 ) -> dict[str, object]:
     """Write the window's rows of every view into Redis (per user the newest month wins) and
-    record the month as published; the metadata of the write. The caller holds ONLINE_LOCK."""
+    record the month as published; the metadata of the write. The users are split over
+    WRITE_PARTS sessions written side by side. The caller holds ONLINE_LOCK."""
     started = time.perf_counter()
+    with engine.connect() as conn:
+        newer_published = [m for m in published_months(conn) if m > month]
+    query, params = month_rows_sql(store, views)
+    window = {**params, "start": start, "end": end, "parts": WRITE_PARTS}
+
+    def write_part(part: int) -> tuple[int, int]:
+        return _write_users(
+            store, views, stream_rows(engine, query, {**window, "part": part}), end,
+            check_newer=bool(newer_published),
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(WRITE_PARTS) as pool:
+        written = list(pool.map(write_part, range(WRITE_PARTS)))
+    failpoint("online.staged")
+    with engine.begin() as conn:
+        record_published(conn, month)
+    return {
+        "online store": f"Redis ({store.config.online_store.redis_type.value})",
+        "users written": sum(users for users, _ in written),
+        "views left with newer values": sum(kept for _, kept in written),
+        "newer months online": ", ".join(newer_published) or "none",
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _write_users(
+    store: FeatureStore,
+    views: list[FeatureView],
+    batches: Iterator[list[tuple]],
+    end: datetime,
+    check_newer: bool,
+) -> tuple[int, int]:
+    """Send each user of `batches` (rows of `month_rows_sql`) as one HSET, a pipeline per batch;
+    with `check_newer`, leave out the views Redis holds from `end` or later. (users, views
+    left)."""
     config = store.config
     client = redis_client(store)
     fields = [redis_fields(config, v) for v in views]
     ts_fields = [ts for ts, _ in fields]
-    with engine.connect() as conn:
-        newer_published = [m for m in published_months(conn) if m > month]
-    query, params = month_rows_sql(store, views)
-    users = skipped = 0
     ttl = config.online_store.key_ttl_seconds
-    for n, rows in enumerate(stream_rows(engine, query, {**params, "start": start, "end": end})):
-        keys = [row[0] for row in rows]
+    users = skipped = 0
+    for n, rows in enumerate(batches):
         newer = (
-            _newer_views(client, keys, ts_fields, end)
-            if newer_published
+            _newer_views(client, [row[0] for row in rows], ts_fields, end)
+            if check_newer
             else [[False] * len(views)] * len(rows)
         )
         pipe = client.pipeline(transaction=False)
@@ -179,13 +218,4 @@ def write_month(
         users += len(rows)
         if n == 0:
             failpoint("online.swapping")
-    failpoint("online.staged")
-    with engine.begin() as conn:
-        record_published(conn, month)
-    return {
-        "online store": f"Redis ({config.online_store.redis_type.value})",
-        "users written": users,
-        "views left with newer values": skipped,
-        "newer months online": ", ".join(newer_published) or "none",
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    return users, skipped

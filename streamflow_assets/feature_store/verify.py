@@ -152,7 +152,8 @@ def _redis_coverage(
     query, params = month_keys_sql(store, views)
     counts = [{"month users": 0, "missing": 0, "older": 0, "examples": []} for _ in views]
     start_seconds = start.timestamp()
-    for rows in stream_rows(engine, query, {**params, "start": start, "end": end}):
+    window = {**params, "start": start, "end": end, "parts": 1, "part": 0}
+    for rows in stream_rows(engine, query, window):
         pipe = client.pipeline(transaction=False)
         for row in rows:
             pipe.hmget(row[0], ts_fields)
