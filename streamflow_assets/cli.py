@@ -16,6 +16,7 @@ from streamflow_assets.db import DatabaseUnavailableError, database_url, get_eng
 from streamflow_assets.embedded import EmbeddedServerError, running_server, stop_server
 from streamflow_assets.settings import (
     FIRST_MONTH_VAR,
+    ONLINE_STORES,
     DropFolderError,
     Settings,
     SettingsError,
@@ -202,6 +203,17 @@ def bench_ingest(users, seed, drops, skip_naive) -> None:
     bench_ingest(users=users, seed=seed, drops=drops, skip_naive=skip_naive)
 
 
+def online_store_option(text: str):
+    """`--online-store` of a benchmark: one of the online stores the settings know."""
+    return click.option(
+        "--online-store",
+        type=click.Choice(ONLINE_STORES),
+        default="postgres",
+        show_default=True,
+        help=text,
+    )
+
+
 @bench.command("feast")
 @click.option("--users", type=click.IntRange(min=1), default=1_000_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
@@ -216,12 +228,20 @@ def bench_ingest(users, seed, drops, skip_naive) -> None:
     is_flag=True,
     help="Leave out Feast's own materialize and get_historical_features (7+ min at 1M).",
 )
-def bench_feast(users, seed, months, drops, skip_feast_default) -> None:
+@online_store_option(
+    "The online store both write into (Redis: STREAMFLOW_REDIS_URL, this project's keys replaced)."
+)
+def bench_feast(users, seed, months, drops, skip_feast_default, online_store) -> None:
     """Time online materialization and training CSVs against Feast's default paths."""
     from streamflow_bench.benchmarks import bench_feast
 
     bench_feast(
-        users=users, seed=seed, drops=drops, months=months, feast_default=not skip_feast_default
+        users=users,
+        seed=seed,
+        drops=drops,
+        months=months,
+        feast_default=not skip_feast_default,
+        online_store=online_store,
     )
 
 
@@ -250,7 +270,11 @@ def bench_feast(users, seed, months, drops, skip_feast_default) -> None:
     help="Instead of the table: one user at c=8 idle, then while the next month (month_001) "
     "is written and published online, counting failed and mixed-month answers.",
 )
-def bench_api(users, seed, drops, workers, requests, seconds, during_publish) -> None:
+@online_store_option(
+    "Also serve from this store (the month written there too): streamflow api on PostgreSQL "
+    "and on it, feast serve on it."
+)
+def bench_api(users, seed, drops, workers, requests, seconds, during_publish, online_store) -> None:
     """Latency and requests/s of `streamflow api` beside `feast serve` on the same store."""
     from streamflow_bench.benchmarks import bench_api
 
@@ -262,6 +286,7 @@ def bench_api(users, seed, drops, workers, requests, seconds, during_publish) ->
         requests=requests,
         seconds=seconds,
         during_publish=during_publish,
+        online_store=online_store,
     )
 
 

@@ -181,12 +181,19 @@ def bench_ingest(users: int, seed: int, drops: Path | None, skip_naive: bool) ->
 
 
 def bench_feast(
-    users: int, seed: int, drops: Path | None, months: int, feast_default: bool
+    users: int,
+    seed: int,
+    drops: Path | None,
+    months: int,
+    feast_default: bool,
+    online_store: str = "postgres",
 ) -> None:
     """Online materialization of one month and the training CSV with 1, 3 and `months` months
-    loaded, each beside Feast's own path (`materialize()`, `get_historical_features`)."""
+    loaded, each beside Feast's own path (`materialize()`, `get_historical_features`), with
+    the online store given (for Redis, the project's keys in STREAMFLOW_REDIS_URL replaced)."""
     from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 
+    os.environ["STREAMFLOW_ONLINE_STORE"] = online_store
     settings = Settings.from_env()
     server = database_url(settings)
     checkpoints = sorted({1, min(3, months), months})
@@ -201,20 +208,26 @@ def bench_feast(
             version = conn.execute("SHOW server_version").fetchone()[0]
         where = "embedded" if settings.database_url is None else "STREAMFLOW_DATABASE_URL"
         print(f"server: PostgreSQL {version} ({where}); scratch database {url.database}")
+        print(f"online store: {online_store_name(settings)}")
 
         rows: list[tuple[str, float | None, float | None]] = []
         partitions = [partition_key(add_months(settings.first_month, i)) for i in range(months)]
         for loaded, partition in enumerate(partitions, start=1):
             _timed_month(partition, INGEST_SELECTION | dg.AssetSelection.assets("feast_registry"))
             store = feature_store(Settings.from_env())
+            if loaded == 1:
+                clear_redis_online(store)
             if loaded in (1, months):
                 ours = _timed_month(partition, dg.AssetSelection.assets("online_features"))
-                theirs = (
-                    _feast_materialize(store, partition) if feast_default and loaded == 1 else None
-                )
-                if theirs is not None:  # Feast's run overwrote the month: write ours again
+                theirs = None
+                if feast_default and loaded == 1:
+                    clear_redis_online(store)  # Feast skips users whose month is online already
+                    theirs = _feast_materialize(store, partition)
+                    # Feast's run overwrote the month: write ours again, from the same start.
+                    clear_redis_online(store)
                     ours = _timed_month(partition, dg.AssetSelection.assets("online_features"))
-                rows.append((f"online store, month {partition} with checks", ours, theirs))
+                label = f"online store ({settings.online_store}), month {partition} with checks"
+                rows.append((label, ours, theirs))
                 _print_row(rows[-1])
                 rows.append(("  of which its two checks", _timed_online_checks(partition), None))
                 _print_row(rows[-1])
@@ -228,16 +241,47 @@ def bench_feast(
                 rows.append(("  of which feature_drift", _timed_drift(partition), None))
                 _print_row(rows[-1])
 
-    print(f"\n{users:,} users{'':32s} {'ours (s)':>9s} {'Feast (s)':>10s} {'speed-up':>9s}")
+    print(f"\n{users:,} users{'':42s} {'ours (s)':>9s} {'Feast (s)':>10s} {'speed-up':>9s}")
     for row in rows:
         _print_row(row)
+
+
+def online_store_name(settings: Settings) -> str:
+    if settings.online_store == "postgres":
+        return "PostgreSQL (the database above)"
+    return f"{settings.online_store} at {settings.redis_url}"
+
+
+def clear_redis_online(store) -> int:
+    """Remove this project's keys from a Redis online store (nothing for PostgreSQL); how many."""
+    from streamflow_assets.adapters.feast import redis_client, redis_key_suffix
+    from streamflow_assets.feature_store.connection import uses_redis
+
+    if not uses_redis(store.config):
+        return 0
+    client = redis_client(store)
+    suffix = redis_key_suffix(store.config)
+    removed, batch = 0, []
+    for key in client.scan_iter(match=b"*" + suffix, count=10_000):
+        batch.append(key)
+        if len(batch) == 10_000:
+            removed += _unlink(client, batch)
+            batch = []
+    return removed + (_unlink(client, batch) if batch else 0)
+
+
+def _unlink(client, keys: list[bytes]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(pipe.execute())
 
 
 def _print_row(row: tuple[str, float, float | None]) -> None:
     label, ours, theirs = row
     ratio = f"{theirs / ours:8.1f}x" if theirs and ours else ""
     feast = f"{theirs:10.1f}" if theirs is not None else f"{'-':>10s}"
-    print(f"{label:45s} {ours:9.1f} {feast} {ratio}", flush=True)
+    print(f"{label:55s} {ours:9.1f} {feast} {ratio}", flush=True)
 
 
 def _timed_month(partition: str, selection: dg.AssetSelection) -> float:
@@ -337,9 +381,12 @@ def bench_api(
     requests: int,
     seconds: float,
     during_publish: bool = False,
+    online_store: str = "postgres",
 ) -> None:
     """Latency and throughput of `streamflow api` and `feast serve`, same store, same run; with
-    `during_publish`, also `streamflow api` idle against while the next month goes online."""
+    `during_publish`, also `streamflow api` idle against while the next month goes online.
+    With a Redis `online_store`, the month goes into Redis too, and the table has `streamflow
+    api` on PostgreSQL and on Redis beside `feast serve` on Redis."""
     settings = Settings.from_env()
     server = database_url(settings)
     with contextlib.ExitStack() as stack:
@@ -371,20 +418,37 @@ def bench_api(
         if during_publish:
             second = partition_key(add_months(settings.first_month, 1))
             _timed_month(second, INGEST_SELECTION | dg.AssetSelection.assets("feast_registry"))
-        ours = stack.enter_context(_server_process(["api"], workers))
+        servers = [("streamflow api", stack.enter_context(_server_process(["api"], workers)))]
         if during_publish:
-            _bench_api_during_publish(ours, url, second, requests, seconds)
+            _bench_api_during_publish(servers[0][1], url, second, requests, seconds)
             return
-        feast = stack.enter_context(_server_process(["feast-serve"], workers))
-        print(f"\n{'':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'requests':>9s}")
+        feast_env: dict[str, str] = {}
+        if online_store != "postgres":
+            feast_env = {"STREAMFLOW_ONLINE_STORE": online_store}
+            os.environ.update(feast_env)
+            from streamflow_assets.feature_store.repo import feature_store
+
+            clear_redis_online(feature_store(Settings.from_env()))
+            seconds_redis = _timed_month(first, dg.AssetSelection.assets("online_features"))
+            print(f"the month written into {online_store_name(Settings.from_env())} "
+                  f"in {seconds_redis:.1f} s (with its checks)")  # fmt: skip
+            os.environ["STREAMFLOW_ONLINE_STORE"] = "postgres"
+            servers[0] = ("streamflow api, postgres", servers[0][1])
+            redis_api = stack.enter_context(_server_process(["api"], workers, feast_env))
+            servers.append((f"streamflow api, {online_store}", redis_api))
+        feast = stack.enter_context(_server_process(["feast-serve"], workers, feast_env))
+        servers.append((f"feast serve{', ' + online_store if feast_env else ''}", feast))
+        width = max(len(f"{name}, 100 users, c=32") for name, _ in servers)
+        print(f"\n{'':{width}s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'requests':>9s}")
         for what, concurrency, per_request in API_SCENARIOS:
-            for name, base in (("streamflow api", ours), ("feast serve", feast)):
+            for name, base in servers:
+                kind = "feast serve" if name.startswith("feast serve") else "streamflow api"
                 stats = asyncio_run_load(
-                    name, base, ids, concurrency, per_request, requests, seconds
+                    kind, base, ids, concurrency, per_request, requests, seconds
                 )
                 label = f"{name}, {what}, c={concurrency}"
                 print(
-                    f"{label:28s} {stats['p50']:8.2f} {stats['p99']:8.2f} "
+                    f"{label:{width}s} {stats['p50']:8.2f} {stats['p99']:8.2f} "
                     f"{stats['rps']:8.0f} {stats['n']:9d} {stats['failed']}",
                     flush=True,
                 )
@@ -393,7 +457,7 @@ def bench_api(
             p99 = {}
             for endpoint in ("features", "predict"):
                 stats = asyncio_run_load(
-                    "streamflow api", ours, ids, concurrency, 1, requests, seconds,
+                    "streamflow api", servers[0][1], ids, concurrency, 1, requests, seconds,
                     endpoint=endpoint,
                 )  # fmt: skip
                 p99[endpoint] = stats["p99"]
@@ -485,7 +549,7 @@ def _print_p99_by_window(timeline: list[tuple[float, float]], width: float = 20.
 
 
 @contextlib.contextmanager
-def _server_process(kind: list[str], workers: int):
+def _server_process(kind: list[str], workers: int, env: dict[str, str] | None = None):
     import subprocess
     import sys
 
@@ -502,7 +566,11 @@ def _server_process(kind: list[str], workers: int):
         command = feast_command(repo, "serve", "-p", str(port), "-w", str(workers),
                                 "--no-access-log", "--max-requests", "0")  # fmt: skip
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
