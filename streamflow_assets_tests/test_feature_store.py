@@ -573,3 +573,31 @@ def test_redis_cluster_serves_the_newest_month_from_every_master(
     result = warehouse.materialize("2024-02", selection="online_features")
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"every_user_online": True, "online_matches_offline": True}
+
+
+def test_every_user_online_on_redis_names_a_missing_user_and_counts_unknown_keys(
+    new_warehouse, redis_server
+):
+    """The check can fail on Redis: a key of a user no month had is counted, and a user of the
+    month whose hash is gone is named."""
+    from streamflow_assets.feature_store.verify import every_user_online
+
+    warehouse = new_warehouse(online=redis_server())
+    warehouse.load("2024-01", selection=dg.AssetSelection.groups(*FAULT_GROUPS))
+    store = feature_store(Settings.from_env())
+    assert every_user_online(warehouse.engine, store, "2024-01").passed
+    client = redis_client(store)
+    victim = warehouse.frame(
+        "SELECT min(user_id) AS u FROM subscriptions_profile_snapshots WHERE as_of = '2024-01-31'"
+    ).u[0]
+    (key,) = [k for k in client.scan_iter(count=1000) if victim.encode() + b"streamflow" in k]
+    stranger = key.replace(victim.encode(), b"9999-NOONE")
+    client.copy(key, stranger)
+    outcome = every_user_online(warehouse.engine, store, "2024-01")
+    assert not outcome.passed
+    assert "1 online users no month ever had" in outcome.description
+    client.delete(stranger, key)
+    outcome = every_user_online(warehouse.engine, store, "2024-01")
+    assert not outcome.passed
+    assert "1 users of the month not online" in outcome.description
+    assert victim in outcome.metadata["by feature view"]
