@@ -315,6 +315,8 @@ def test_metrics_count_requests_by_endpoint_and_status(api, served, seed_drops):
 
 
 def test_metrics_add_up_the_workers(served, seed_drops):
+    _, warehouse = served
+    warehouse.activate()  # its online store too
     users = list(read_month(seed_drops, 1, "users")["user_id"].iloc[:5])
     process, base = start_api(dict(os.environ), "--workers", "2")
     try:
