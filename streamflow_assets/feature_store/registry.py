@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from streamflow_assets.adapters.feast import Project, RepoContents, TransitionType, apply_plan
 from streamflow_assets.checks import REGISTRY_MATCHES_REPO
-from streamflow_assets.feature_store.repo import repo_contents
+from streamflow_assets.feature_store.repo import REGISTRY_LOCK, repo_contents
 from streamflow_assets.report import CheckOutcome, Markdown
 from streamflow_assets.sql import advisory_lock
 
@@ -40,12 +40,6 @@ def plan_repo(store: FeatureStore, repo: Path) -> tuple[RepoContents, dict[str, 
             detail = f" ({', '.join(changed)})" if kind == "updated" else ""
             changes[kind].append(f"{diff.feast_object_type.value} {diff.name}{detail}")
     return contents, changes
-
-
-REGISTRY_LOCK = "feast_registry"
-"""Feast's SQL registry updates an object by reading it, then writing it back in another
-transaction: every writer of ours (apply, materialization intervals) holds this lock, so none
-loses another's update."""
 
 
 def apply_repo(engine: Engine, store: FeatureStore, repo: Path) -> dict[str, list[str]]:

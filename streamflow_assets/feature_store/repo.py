@@ -8,7 +8,6 @@ source checkout (an editable install), `feature_repo/` beside the package.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import sys
@@ -46,23 +45,37 @@ def feature_repo(settings: Settings) -> Path:
 
 def feature_store(settings: Settings) -> FeatureStore:
     """Feast's FeatureStore over the repository, connected through the project's settings: one
-    per process and database (each holds connection pools), its registry cache refreshed."""
-    store = _store(
-        feature_repo(settings),
-        settings.database_url,
-        settings.home,
-        settings.online_store,
-        settings.redis_url,
-    )
+    per process and store configuration (each holds connection pools), its registry cache
+    refreshed."""
+    repo = feature_repo(settings)
+    key = (repo, settings.database_url, settings.home, settings.online_store, settings.redis_url)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = _new_store(settings, repo)
     store.refresh_registry()
     return store
 
 
-@functools.cache
-def _store(repo: Path, database_url, home: Path, online_store: str, redis_url: str) -> FeatureStore:
+REGISTRY_LOCK = "feast_registry"
+"""Feast's SQL registry updates an object by reading it, then writing it back in another
+transaction: every writer of ours (apply, materialization intervals, and a process making its
+store, which creates the registry's tables) holds this lock, so none loses another's update."""
+_stores: dict[tuple, FeatureStore] = {}
+_stores_lock = threading.Lock()
+
+
+def _new_store(settings: Settings, repo: Path) -> FeatureStore:
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(repo))
+    from streamflow_assets.db import get_engine
+    from streamflow_assets.sql import advisory_lock
+
+    # Feast creates its registry's tables when a store is made (create_all): two processes
+    # doing it at once on a new database collide (two months' runs at once did), so one at a
+    # time.
+    with advisory_lock(get_engine(settings), REGISTRY_LOCK):
+        return FeatureStore(repo_path=str(repo))
 
 
 def feast_command(repo: Path, *args: str) -> list[str]:
