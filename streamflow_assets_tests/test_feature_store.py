@@ -31,6 +31,7 @@ from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_repo, 
 from streamflow_assets.feature_store.training import training_table
 from streamflow_assets.months import event_timestamp
 from streamflow_assets.settings import Settings
+from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
 from streamflow_assets_tests.conftest import (
     TEST_URL_VAR,
     Warehouse,
@@ -224,12 +225,8 @@ def two_orders_online(request, server_url, seed_drops, tmp_path_factory):
         yield made
 
 
-SNAPSHOTS = [
-    "subscriptions_profile_snapshots",
-    "usage_agg_30d_snapshots",
-    "payments_agg_90d_snapshots",
-    "support_agg_90d_snapshots",
-]
+SNAPSHOTS = [t.snapshot.name for t in SNAPSHOT_TABLES if t is not LABELS]
+"""The feature views' sources."""
 
 
 def online_dump(warehouse) -> dict:

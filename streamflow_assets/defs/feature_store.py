@@ -81,14 +81,16 @@ def feast_registry(context: dg.AssetExecutionContext, streamflow: StreamflowSett
     ],
 )
 def online_features(context: dg.AssetExecutionContext, streamflow: StreamflowSettings):
-    """Feast's online store (PostgreSQL, schema `feast_online`) after materializing the month:
-    every feature view's values with event time inside the partition's window.
+    """Feast's online store (PostgreSQL, schema `feast_online`; or Redis, as
+    STREAMFLOW_ONLINE_STORE says) after materializing the month: every feature view's values
+    with event time inside the partition's window.
 
     Per user the newest month wins: re-running an old month after a newer one leaves the newer
-    values online. Written with set-based SQL in Feast's own format (see
-    `streamflow_assets/feature_store/online.py`): every feature view's table is rebuilt beside
-    the live one, then all are swapped in in one transaction, so the API and `feast serve` keep
-    answering meanwhile and never serve one user two months."""
+    values online. Written in Feast's own format, encoded by PostgreSQL (see
+    `streamflow_assets/feature_store/online.py`): in PostgreSQL every feature view's table is
+    rebuilt beside the live one, then all are swapped in in one transaction; in Redis
+    (`redis_online.py`) each user's views go in one HSET. Either way the API and `feast serve`
+    keep answering meanwhile and never serve one user two months."""
     from streamflow_assets.feature_store.materialize import materialize_month
     from streamflow_assets.feature_store.verify import every_user_online, online_matches_offline
 
