@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from streamflow_assets.settings import DATABASE_URL_VAR, Settings, redacted
+from streamflow_assets.sql import BACKGROUND_CPUS_OPTION
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -46,10 +47,13 @@ def _engine(url: URL) -> Engine:
 
 
 def get_engine(settings: Settings) -> Engine:
-    """The engine for the settings' database; checks once that it answers."""
+    """The engine for the settings' database; checks once that it answers. Its background
+    sessions (`sql.background_session`) keep to the settings' CPU limit."""
     url = database_url(settings)
     engine = _engine(url)
     check_connection(engine, explicit=settings.database_url is not None)
+    if settings.background_cpus is not None:
+        return engine.execution_options(**{BACKGROUND_CPUS_OPTION: settings.background_cpus})
     return engine
 
 

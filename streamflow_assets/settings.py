@@ -12,6 +12,9 @@
 - STREAMFLOW_ONLINE_STORE (postgres): Feast's online store: `postgres` (the settings' database),
   `redis` or `redis_cluster` (Feast's Redis online store at STREAMFLOW_REDIS_URL)
 - STREAMFLOW_REDIS_URL (redis://127.0.0.1:6379/0): the Redis server, or one node of the cluster
+- STREAMFLOW_BACKGROUND_CPUS (unset: no limit): CPU time, in CPUs (e.g. 0.5), that the bulk work
+  done while the API serves (the online write and its checks) may use together, where the
+  database server runs on this machine and its processes can be put in a cgroup
 
 Relative paths are taken from the project folder: the nearest folder at or above the working
 directory that holds `workspace.yaml` (else the working directory), so `cd feature_repo && feast
@@ -42,6 +45,7 @@ MODEL_WINDOW_VAR = "STREAMFLOW_MODEL_WINDOW"
 ONLINE_DEADLINE_DAY_VAR = "STREAMFLOW_ONLINE_DEADLINE_DAY"
 ONLINE_STORE_VAR = "STREAMFLOW_ONLINE_STORE"
 REDIS_URL_VAR = "STREAMFLOW_REDIS_URL"
+BACKGROUND_CPUS_VAR = "STREAMFLOW_BACKGROUND_CPUS"
 ONLINE_STORES = ("postgres", "redis", "redis_cluster")
 
 DEFAULTS = {
@@ -55,6 +59,7 @@ DEFAULTS = {
     ONLINE_DEADLINE_DAY_VAR: "5",
     ONLINE_STORE_VAR: "postgres",
     REDIS_URL_VAR: "redis://127.0.0.1:6379/0",
+    BACKGROUND_CPUS_VAR: "",
 }
 """Every setting and its default; an empty value means unset."""
 
@@ -85,6 +90,8 @@ class Settings:
     online_store: str = "postgres"
     """One of ONLINE_STORES: `redis_cluster` is Feast's `redis_type: redis_cluster`."""
     redis_url: str = DEFAULTS[REDIS_URL_VAR]
+    background_cpus: float | None = None
+    """The CPUs the online write's server sessions may use together; None: no limit."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,6 +122,7 @@ class Settings:
             online_deadline_day=parse_day(raw(ONLINE_DEADLINE_DAY_VAR)),
             online_store=parse_online_store(raw(ONLINE_STORE_VAR)),
             redis_url=parse_redis_url(raw(REDIS_URL_VAR)),
+            background_cpus=parse_cpus(raw(BACKGROUND_CPUS_VAR)),
         )
 
 
@@ -182,6 +190,21 @@ def parse_online_store(raw: str) -> str:
             f"{ONLINE_STORE_VAR} must be one of {', '.join(ONLINE_STORES)}, got {raw!r}"
         )
     return raw
+
+
+def parse_cpus(raw: str) -> float | None:
+    if not raw:
+        return None
+    try:
+        cpus = float(raw)
+    except ValueError:
+        cpus = float("nan")
+    if not 0.01 <= cpus <= 4096:  # also false for nan
+        raise SettingsError(
+            f"{BACKGROUND_CPUS_VAR} must be a number of CPUs from 0.01 up (e.g. 0.5), or unset "
+            f"for no limit, got {raw!r}"
+        )
+    return cpus
 
 
 def parse_redis_url(raw: str) -> str:

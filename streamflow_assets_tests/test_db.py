@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +15,13 @@ from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.infra.utils.postgres.postgres_config import PostgreSQLConfig
 
 from streamflow_assets.db import feast_connection, get_engine
-from streamflow_assets.sql import BACKGROUND_NICE, background_session
+from streamflow_assets.sql import (
+    BACKGROUND_CPUS_OPTION,
+    BACKGROUND_NICE,
+    CPU_GROUP,
+    background_session,
+    cpu_group,
+)
 from streamflow_bench.faults import lock_figures
 
 pytestmark = pytest.mark.smoke
@@ -117,3 +125,32 @@ def test_a_background_session_runs_niced_and_is_not_pooled(settings):
         other = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         assert other != backend
         assert os.getpriority(os.PRIO_PROCESS, other) == 0
+
+
+def test_a_cpu_limit_puts_background_sessions_in_one_throttled_cgroup(settings):
+    """STREAMFLOW_BACKGROUND_CPUS: every background session's server process joins one cgroup
+    whose CPU time the kernel holds to the limit (it throttles a busy query), and ordinary
+    sessions stay out of it."""
+    procs, where = cpu_group(0.25)
+    if procs is None:
+        pytest.skip(f"no cgroup to limit the server's CPU with: {where}")
+    engine = get_engine(dataclasses.replace(settings, background_cpus=0.25))
+    assert engine.get_execution_options()[BACKGROUND_CPUS_OPTION] == 0.25
+    stat = procs.parent / "cpu.stat"
+
+    def throttled() -> int:
+        fields = dict(line.split() for line in stat.read_text().splitlines())
+        return int(fields["nr_throttled"])
+
+    before = throttled()
+    with background_session(engine) as conn:
+        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        if os.geteuid() != 0 and os.stat(f"/proc/{backend}").st_uid != os.getuid():
+            pytest.skip("the test server's processes are another user's: not ours to limit")
+        assert f"/{CPU_GROUP}" in Path(f"/proc/{backend}/cgroup").read_text()
+        # About 0.3 s of CPU at 0.25 CPU: the kernel stops it in many of its 20 ms periods.
+        conn.execute(sa.text("SELECT sum(i) FROM generate_series(1, 3000000) i"))
+    assert throttled() > before
+    with get_engine(settings).connect() as conn:
+        other = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        assert f"/{CPU_GROUP}" not in Path(f"/proc/{other}/cgroup").read_text()

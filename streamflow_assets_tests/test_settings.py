@@ -76,6 +76,15 @@ def test_bad_model_window_names_the_variable(value):
     assert Settings.from_env({"STREAMFLOW_MODEL_WINDOW": " 3 "}).model_window == 3
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "half", "nan", "1e9"])
+def test_bad_background_cpus_names_the_variable(value):
+    expected = "STREAMFLOW_BACKGROUND_CPUS must be a number of CPUs from 0.01 up"
+    with pytest.raises(SettingsError, match=expected):
+        Settings.from_env({"STREAMFLOW_BACKGROUND_CPUS": value})
+    assert Settings.from_env({}).background_cpus is None
+    assert Settings.from_env({"STREAMFLOW_BACKGROUND_CPUS": " 0.5 "}).background_cpus == 0.5
+
+
 @pytest.mark.parametrize(
     ("var", "value", "says"),
     [

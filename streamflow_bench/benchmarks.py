@@ -505,8 +505,13 @@ def _bench_api_during_publish(
         "r = materialize_month(sys.argv[1], selection=dg.AssetSelection.assets('online_features'));"
         " sys.exit(0 if r.success else 1)"
     )
+    cpus = Settings.from_env().background_cpus
     print(
-        f"\n{'streamflow api, one user':40s} {'p50 ms':>8s} {'p99 ms':>8s} {'requests':>9s}"
+        "\nthe online write's background CPU limit (STREAMFLOW_BACKGROUND_CPUS): "
+        + (f"{cpus:g} CPU" if cpus else "none")
+    )
+    print(
+        f"{'streamflow api, one user':40s} {'p50 ms':>8s} {'p99 ms':>8s} {'requests':>9s}"
         "  failed, mixed-month answers"
     )
     for what, concurrency in (("c=8", 8),):

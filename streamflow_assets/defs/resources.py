@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.db import get_engine
 from streamflow_assets.defs.dead_runs import tag_run_process
 from streamflow_assets.settings import (
+    BACKGROUND_CPUS_VAR,
     DATABASE_URL_VAR,
     DEFAULTS,
     DROPS_DIR_VAR,
@@ -40,6 +41,7 @@ class StreamflowSettings(dg.ConfigurableResource):
     model_window: str = DEFAULTS[MODEL_WINDOW_VAR]
     online_store: str = DEFAULTS[ONLINE_STORE_VAR]
     redis_url: str = DEFAULTS[REDIS_URL_VAR]
+    background_cpus: str = DEFAULTS[BACKGROUND_CPUS_VAR]
 
     _settings: Settings | None = PrivateAttr(default=None)
 
@@ -56,6 +58,7 @@ class StreamflowSettings(dg.ConfigurableResource):
                     MODEL_WINDOW_VAR: self.model_window,
                     ONLINE_STORE_VAR: self.online_store,
                     REDIS_URL_VAR: self.redis_url,
+                    BACKGROUND_CPUS_VAR: self.background_cpus,
                 }
             )
         return self._settings
@@ -80,6 +83,7 @@ _FIELDS = {
     "model_window": MODEL_WINDOW_VAR,
     "online_store": ONLINE_STORE_VAR,
     "redis_url": REDIS_URL_VAR,
+    "background_cpus": BACKGROUND_CPUS_VAR,
 }
 
 

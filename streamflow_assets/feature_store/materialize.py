@@ -24,7 +24,7 @@ from streamflow_assets.feature_store.registry import record_intervals
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.months import partition_key
 from streamflow_assets.report import MissingInputError, markdown_table
-from streamflow_assets.sql import advisory_lock
+from streamflow_assets.sql import advisory_lock, background_cpu_limit
 
 WRITE_THREADS = 2
 ONLINE_LOCK = "online"
@@ -49,7 +49,11 @@ def materialize_month(
             written = write_month(engine, store, views, start, end, month)
         failpoint("online.published")
         record_intervals(engine, store, start, end)
-        return {"window": f"[{start.isoformat()}, {end.isoformat()})", **written}
+        return {
+            "window": f"[{start.isoformat()}, {end.isoformat()})",
+            **written,
+            "background CPU limit": background_cpu_limit(engine),
+        }
     tables = [online_table(store.config, v) for v in in_read_order(store, views)]
     with advisory_lock(engine, ONLINE_LOCK):
         leftovers = drop_staged(engine, tables)
@@ -66,6 +70,7 @@ def materialize_month(
         "online rows written": sum(w["rows written"] for w in written),
         "seconds": round(max(w["seconds"] for w in written), 2),
         **published,
+        "background CPU limit": background_cpu_limit(engine),
         "leftovers of a killed write dropped": leftovers or "none",
         "by feature view": markdown_table(list(written[0]), [list(w.values()) for w in written]),
     }
