@@ -18,6 +18,7 @@ import hashlib
 import io
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,12 @@ from streamflow_assets.checks import (
     WELL_CALIBRATED,
 )
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE
-from streamflow_assets.feature_store.training import LABEL, read_training_csv, training_path
+from streamflow_assets.feature_store.training import (
+    LABEL,
+    read_training_chunks,
+    read_training_sample,
+    training_path,
+)
 from streamflow_assets.model_registry import Candidate, Decision, Registry
 from streamflow_assets.months import as_of, month_of, months_between, previous_month
 from streamflow_assets.report import (
@@ -64,6 +70,9 @@ SEED = 7
 MAX_TRAINING_ROWS = 500_000
 """Earlier months are sampled down to this many rows (seeded): the model gains little from more,
 and a 2-core machine trains it in well under a minute."""
+MAX_EVALUATION_ROWS = 2_000_000
+"""Month M is sampled down to this many rows (seeded) for the hold-out: its metrics then have
+sampling errors of about 0.001, and a month of 10M users does not have to fit in memory."""
 HGB_PARAMS = (
     "learning_rate",
     "max_iter",
@@ -73,6 +82,7 @@ HGB_PARAMS = (
 )
 """The model's settings recorded with each candidate."""
 SCORES_TABLE = "churn_scores"
+SCORE_COLUMNS = ["user_id", "as_of", "score", "model_version"]
 
 
 @dataclass(frozen=True)
@@ -221,12 +231,16 @@ def window_months(settings: Settings, partition: str) -> list[str]:
 
 
 def train(output_dir: Path, earlier: list[str], partition: str) -> TrainedModel:
-    """Train on the earlier months' CSVs and evaluate on month M (or split month M 80/20)."""
-    current = read_training_csv(training_path(output_dir, partition))
+    """Train on the earlier months' CSVs and evaluate on month M (or split month M 80/20). Both
+    are seeded samples read a chunk at a time (`MAX_TRAINING_ROWS`, `MAX_EVALUATION_ROWS`), so
+    memory does not grow with the users a month has or the months in the window."""
+    current = read_training_sample(
+        [training_path(output_dir, partition)], MAX_EVALUATION_ROWS, seed=SEED
+    )
     features = Features.of(current)
     if earlier:
-        train_frame = pd.concat(
-            [read_training_csv(training_path(output_dir, p)) for p in earlier], ignore_index=True
+        train_frame = read_training_sample(
+            [training_path(output_dir, p) for p in earlier], MAX_TRAINING_ROWS, seed=SEED
         )
         test_frame = current
         holdout = f"month {partition}"
@@ -235,8 +249,8 @@ def train(output_dir: Path, earlier: list[str], partition: str) -> TrainedModel:
             current, test_size=0.2, random_state=SEED, stratify=current[LABEL]
         )
         holdout = f"a seeded 20% of {partition}'s users (no earlier month)"
-    if len(train_frame) > MAX_TRAINING_ROWS:
-        train_frame = train_frame.sample(MAX_TRAINING_ROWS, random_state=SEED)
+        if len(train_frame) > MAX_TRAINING_ROWS:
+            train_frame = train_frame.sample(MAX_TRAINING_ROWS, random_state=SEED)
     x_train, y_train = feature_frame(train_frame, features), train_frame[LABEL].to_numpy(bool)
     x_test, y_test = feature_frame(test_frame, features), test_frame[LABEL].to_numpy(bool)
 
@@ -361,7 +375,8 @@ def fingerprint(output_dir: Path, months: list[str], champion: str) -> str:
                 digest.update(chunk)
     model = churn_pipeline(Features([], [])).named_steps["model"].get_params()
     settings = {"champion": champion, "seed": SEED, "max_rows": MAX_TRAINING_ROWS,
-                "min_roc_auc": MIN_ROC_AUC, "model": {k: model[k] for k in HGB_PARAMS}}  # fmt: skip
+                "max_evaluation_rows": MAX_EVALUATION_ROWS, "min_roc_auc": MIN_ROC_AUC,
+                "model": {k: model[k] for k in HGB_PARAMS}}  # fmt: skip
     digest.update(repr(sorted(settings.items())).encode())
     return digest.hexdigest()[:20]
 
@@ -568,32 +583,41 @@ def score_month(engine: Engine, settings: Settings, partition: str) -> StepResul
             },
         )
     model = load(registry, champion)
-    frame = read_training_csv(training_path(settings.output_dir, partition))
-    scores = pd.DataFrame(
-        {
-            "user_id": frame["user_id"],
-            "as_of": as_of(partition),
-            "score": model.score(frame),
-            "model_version": model.version,
-        }
-    )
-    # One CSV buffer written by Arrow, one COPY: no Python loop over the rows.
-    buffer = io.BytesIO()
-    pa_csv.write_csv(
-        pa.Table.from_pandas(scores, preserve_index=False),
-        buffer,
-        write_options=pa_csv.WriteOptions(include_header=False),
-    )
+    # The month a chunk at a time (memory bounded whatever the month's size), into one COPY:
+    # each chunk's scores become a CSV buffer written by Arrow. No Python loop over the rows.
+    rows, total, preview = 0, 0.0, None
+
+    def scored_chunks() -> Iterator[bytes]:
+        nonlocal rows, total, preview
+        for frame in read_training_chunks(training_path(settings.output_dir, partition)):
+            scores = pd.DataFrame(
+                {
+                    "user_id": frame["user_id"],
+                    "as_of": as_of(partition),
+                    "score": model.score(frame),
+                    "model_version": model.version,
+                }
+            )
+            buffer = io.BytesIO()
+            pa_csv.write_csv(
+                pa.Table.from_pandas(scores, preserve_index=False),
+                buffer,
+                write_options=pa_csv.WriteOptions(include_header=False),
+            )
+            rows, total = rows + len(scores), total + float(scores["score"].sum())
+            preview = scores.head(5) if preview is None else preview
+            yield buffer.getvalue()
+
     with engine.begin() as conn:
         conn.execute(sa.text(f"DELETE FROM {table} WHERE as_of = :a"), {"a": as_of(partition)})
-        copy_in(conn, table, list(scores.columns), buffer.getvalue())
+        copy_in(conn, table, SCORE_COLUMNS, scored_chunks())
     return StepResult(
         [verify_scores(engine, partition, model.version)],
         {
             "as_of": str(as_of(partition)),
-            "rows": len(scores),
+            "rows": rows,
             "model version": model.version,
-            "mean score": round(float(scores["score"].mean()), 4),
-            "preview": _table(scores.head(5)),
+            "mean score": round(total / rows, 4) if rows else None,
+            "preview": _table(preview) if preview is not None else "no users",
         },
     )

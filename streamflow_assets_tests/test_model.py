@@ -17,8 +17,13 @@ import pandas as pd
 import pytest
 
 from streamflow_assets.definitions import defs
+from streamflow_assets.feature_store import training
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
-from streamflow_assets.feature_store.training import training_path
+from streamflow_assets.feature_store.training import (
+    read_training_csv,
+    read_training_sample,
+    training_path,
+)
 from streamflow_assets.model import calibration_outcome, load
 from streamflow_assets.model_registry import MODEL_NAME, Registry, RegistryError
 from streamflow_assets.settings import Settings
@@ -148,7 +153,9 @@ def test_a_small_hold_out_is_allowed_the_error_sampling_alone_gives():
     assert not large.passed and large.metadata["allowed"] == 0.05
 
 
-def test_scores_come_from_the_champion_as_of_each_month_and_rerun_idempotently(modelled):
+def test_scores_come_from_the_champion_as_of_each_month_and_rerun_idempotently(
+    modelled, monkeypatch
+):
     # Earlier tests registered new versions; scores follow them when they run again.
     modelled.load(*MONTHS, selection="churn_scores")
     reg = registry(modelled)
@@ -166,6 +173,8 @@ def test_scores_come_from_the_champion_as_of_each_month_and_rerun_idempotently(m
         assert scores["score"].between(0, 1).all()
     query = "SELECT * FROM churn_scores ORDER BY as_of, user_id"
     before = modelled.frame(query)
+    # The re-run reads the month 97 rows at a time: the same scores, into one COPY.
+    monkeypatch.setattr(training, "CSV_CHUNK_ROWS", 97)
     result = modelled.materialize("2024-03", "churn_scores")
     assert result.success, failure_text(result)
     pd.testing.assert_frame_equal(modelled.frame(query), before)
@@ -444,3 +453,45 @@ def test_the_cli_prints_the_tracking_uri(modelled):
     uri = result.stdout.strip()
     assert uri == registry(modelled).uri
     assert uri.startswith("postgresql+psycopg://") and "search_path%3Dmlflow" in uri
+
+
+def write_training_like_csv(path: Path, users: range) -> None:
+    """A CSV shaped like a training set: a string, a number, a boolean with empty values."""
+    pd.DataFrame(
+        {
+            "user_id": [f"{i:04d}-USER" for i in users],
+            "event_timestamp": "2024-01-31 00:00:00+00:00",
+            "net_service": ["fiber" if i % 3 else None for i in users],
+            "tenure_months": [i % 72 for i in users],
+            "is_auto_pay": [None if i % 7 == 0 else bool(i % 2) for i in users],
+            "churn_label": [i % 4 == 0 for i in users],
+        }
+    ).to_csv(path, index=False)
+
+
+def test_a_training_sample_is_seeded_uniform_and_read_a_chunk_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "CSV_CHUNK_ROWS", 700)
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    write_training_like_csv(first, range(0, 6000))
+    write_training_like_csv(second, range(6000, 10000))
+
+    # No more rows than asked for: every row, as the whole-file reader gives them.
+    whole = read_training_sample([first], 10_000, seed=7)
+    expected = read_training_csv(first)
+    assert whole["user_id"].tolist() == expected["user_id"].tolist()
+    assert whole["is_auto_pay"].dtype == "float64"  # every chunk alike, empty values NaN
+    pd.testing.assert_series_equal(whole["is_auto_pay"], expected["is_auto_pay"])
+    assert whole["net_service"].dtype == object
+
+    sample = read_training_sample([first, second], 1000, seed=7)
+    ids = sample["user_id"].tolist()
+    assert len(ids) == len(set(ids)) == 1000
+    assert ids == sorted(ids)  # in file order
+    numbers = sample["user_id"].str[:4].astype(int)
+    # Uniform over both files together: 60% of the rows are the first file's.
+    assert 540 <= (numbers < 6000).sum() <= 660
+    # Each sampled row is the file's row, unchanged.
+    rows = pd.concat([read_training_csv(first), read_training_csv(second)]).set_index("user_id")
+    assert (rows.loc[ids, "tenure_months"].to_numpy() == sample["tenure_months"]).all()
+    assert read_training_sample([first, second], 1000, seed=7).equals(sample)
+    assert read_training_sample([first, second], 1000, seed=8)["user_id"].tolist() != ids

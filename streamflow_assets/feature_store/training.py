@@ -13,10 +13,11 @@ tests compare the result with `get_historical_features`, value for value.
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -155,6 +156,63 @@ def read_training_csv(path: Path) -> pd.DataFrame:
         if frame[column].dtype == object and len(values) and values.map(type).eq(bool).all():
             frame[column] = frame[column].map({True: 1.0, False: 0.0})
     return frame
+
+
+CSV_CHUNK_ROWS = 200_000
+
+
+def read_training_chunks(path: Path) -> Iterator[pd.DataFrame]:
+    """A training CSV `CSV_CHUNK_ROWS` rows at a time, every boolean column as 1.0 / 0.0 / NaN
+    (in every chunk alike, whether or not that chunk has an empty value)."""
+    with pd.read_csv(path, dtype={"user_id": str}, chunksize=CSV_CHUNK_ROWS) as reader:
+        for chunk in reader:
+            for column in chunk.columns:
+                values = chunk[column].dropna()
+                if chunk[column].dtype == bool or (
+                    chunk[column].dtype == object
+                    and len(values)
+                    and values.map(type).eq(bool).all()
+                ):
+                    chunk[column] = chunk[column].map({True: 1.0, False: 0.0}).astype("float64")
+            yield chunk
+
+
+def read_training_sample(paths: Sequence[Path], rows: int, seed: int) -> pd.DataFrame:
+    """A seeded uniform sample of at most `rows` rows of these training CSVs taken together (all
+    their rows when they hold no more), in file order. Read a chunk at a time: memory holds the
+    sample and a chunk or two, however large and many the files (a month of 10M users is over a
+    gigabyte of CSV). Each row draws a random key; the `rows` smallest keys are the sample."""
+    rng = np.random.default_rng(seed)
+    kept: list[pd.DataFrame] = []
+    kept_keys: list[np.ndarray] = []
+    candidates = 0
+    threshold = np.inf  # a row with a key at or above it can no longer be in the sample
+
+    def compact() -> None:
+        nonlocal candidates, threshold
+        frame = pd.concat(kept, ignore_index=True)
+        keys = np.concatenate(kept_keys)
+        if len(frame) > rows:
+            smallest = np.sort(np.argpartition(keys, rows - 1)[:rows])  # file order kept
+            frame, keys = frame.iloc[smallest].reset_index(drop=True), keys[smallest]
+            threshold = keys.max()
+        kept[:], kept_keys[:] = [frame], [keys]
+        candidates = len(frame)
+
+    for path in paths:
+        for chunk in read_training_chunks(path):
+            keys = rng.random(len(chunk))
+            entering = keys < threshold
+            if entering.any():
+                kept.append(chunk[entering])
+                kept_keys.append(keys[entering])
+                candidates += int(entering.sum())
+            if candidates > 2 * rows:
+                compact()
+    if not kept:
+        raise ValueError(f"no training CSV to read: {', '.join(map(str, paths)) or 'none given'}")
+    compact()
+    return kept[0]
 
 
 def write_csv_atomically(table: pa.Table, path: Path) -> None:
