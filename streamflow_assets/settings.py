@@ -121,7 +121,7 @@ class Settings:
             model_window=parse_window(raw(MODEL_WINDOW_VAR)),
             online_deadline_day=parse_day(raw(ONLINE_DEADLINE_DAY_VAR)),
             online_store=parse_online_store(raw(ONLINE_STORE_VAR)),
-            redis_url=parse_redis_url(raw(REDIS_URL_VAR)),
+            redis_url=parse_redis_url(raw(REDIS_URL_VAR), raw(ONLINE_STORE_VAR)),
             background_cpus=parse_cpus(raw(BACKGROUND_CPUS_VAR)),
         )
 
@@ -207,8 +207,9 @@ def parse_cpus(raw: str) -> float | None:
     return cpus
 
 
-def parse_redis_url(raw: str) -> str:
-    """A redis:// (or rediss://) URL with a host, and a database number if any."""
+def parse_redis_url(raw: str, online_store: str = "redis") -> str:
+    """A redis:// (or rediss://) URL with a host, and a database number if any (only 0 for a
+    cluster, which has no other)."""
     url = urlsplit(raw)
     shown = raw.replace(f"{url.netloc.rpartition('@')[0]}@", "***@") if "@" in url.netloc else raw
     try:
@@ -222,6 +223,11 @@ def parse_redis_url(raw: str) -> str:
     if url.path.strip("/") and not url.path.strip("/").isdigit():
         raise SettingsError(
             f"{REDIS_URL_VAR}: the path is the database number (like /0), got {shown!r}"
+        )
+    if online_store == "redis_cluster" and int(url.path.strip("/") or 0) != 0:
+        raise SettingsError(
+            f"{REDIS_URL_VAR}: a Redis Cluster has only database 0 "
+            f"({ONLINE_STORE_VAR}=redis_cluster), got {shown!r}"
         )
     return raw
 

@@ -103,6 +103,16 @@ def test_bad_online_store_setting_names_the_variable(var, value, says):
     assert repr(value.replace("me:s3cret@", "***@")) in message and "s3cret" not in message
 
 
+def test_a_cluster_url_with_a_database_other_than_0_is_refused():
+    cluster = {"STREAMFLOW_ONLINE_STORE": "redis_cluster"}
+    with pytest.raises(SettingsError, match="STREAMFLOW_REDIS_URL: a Redis Cluster has only ") as e:
+        Settings.from_env({**cluster, "STREAMFLOW_REDIS_URL": "redis://me:s3cret@h:7000/3"})
+    assert "redis://***@h:7000/3" in str(e.value) and "s3cret" not in str(e.value)
+    assert Settings.from_env({**cluster, "STREAMFLOW_REDIS_URL": "redis://h:7000/0"})
+    assert Settings.from_env({**cluster, "STREAMFLOW_REDIS_URL": "redis://h:7000"})
+    assert Settings.from_env({"STREAMFLOW_REDIS_URL": "redis://h:7000/3"}).redis_url.endswith("/3")
+
+
 def test_redis_url_becomes_feasts_connection_string():
     from streamflow_assets.feature_store.connection import redis_connection_string
 
