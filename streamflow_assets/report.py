@@ -42,6 +42,10 @@ class MissingInputError(RuntimeError):
     """A step's input is not there yet; the message says what to materialize first."""
 
 
+class OnlineStoreUnavailableError(RuntimeError):
+    """The online store does not answer; the message says where, and which settings to fix."""
+
+
 class StepRefused(RuntimeError):
     """A step's blocking checks failed and it wrote nothing; the message lists what failed."""
 

@@ -38,6 +38,7 @@ from streamflow_assets_tests.conftest import (
     create_database,
     drop_database,
     failure_text,
+    free_port,
     materialization,
     read_month,
     while_rematerializing_online,
@@ -598,3 +599,19 @@ def test_every_user_online_on_redis_names_a_missing_user_and_counts_unknown_keys
     assert not outcome.passed
     assert "1 users of the month not online" in outcome.description
     assert victim in outcome.metadata["by feature view"]
+
+
+def test_a_redis_that_does_not_answer_is_named_and_nothing_changes(new_warehouse, redis_server):
+    warehouse = new_warehouse(online=redis_server())
+    warehouse.load("2024-01", selection=dg.AssetSelection.groups(*FAULT_GROUPS))
+    published = warehouse.frame("SELECT * FROM streamflow_meta.online_months")
+    closed = free_port()
+    warehouse.online["STREAMFLOW_REDIS_URL"] = f"redis://127.0.0.1:{closed}/0"
+    result = warehouse.materialize("2024-01", "online_features")
+    assert not result.success
+    text = failure_text(result)
+    assert f"the Redis online store at 127.0.0.1:{closed} does not answer" in text
+    assert "STREAMFLOW_REDIS_URL" in text
+    pd.testing.assert_frame_equal(
+        warehouse.frame("SELECT * FROM streamflow_meta.online_months"), published
+    )

@@ -29,6 +29,8 @@ from feast.repo_contents import RepoContents
 from feast.value_type import ValueType
 
 from streamflow_assets.adapters import private_detail, require
+from streamflow_assets.report import OnlineStoreUnavailableError
+from streamflow_assets.settings import ONLINE_STORE_VAR, REDIS_URL_VAR
 
 SUPPORTED = ">=0.67,<0.68"
 ENTITY_KEY_VERSION = 3
@@ -135,8 +137,19 @@ def redis_key_suffix(config: RepoConfig) -> bytes:
 
 def redis_client(store):
     """The redis-py client (Redis or RedisCluster) Feast's Redis online store of `store` reads
-    with, configured as Feast configures it."""
-    return store._get_provider().online_store._get_client(store.config.online_store)
+    with, configured as Feast configures it, once it has answered a PING."""
+    import redis
+
+    try:
+        client = store._get_provider().online_store._get_client(store.config.online_store)
+        client.ping()
+    except redis.exceptions.RedisError as exc:  # refused, timed out, a wrong password, ...
+        where = store.config.online_store.connection_string.split(",")[0]
+        raise OnlineStoreUnavailableError(
+            f"the Redis online store at {where} does not answer ({exc}): start it, or fix "
+            f"{REDIS_URL_VAR} (or set {ONLINE_STORE_VAR}=postgres)"
+        ) from None
+    return client
 
 
 def redis_fields(config: RepoConfig, view: FeatureView) -> tuple[bytes, list[bytes]]:

@@ -13,7 +13,13 @@ from streamflow_assets.checks import Check
 from streamflow_assets.defs.partitions import monthly_partitions
 from streamflow_assets.ingestion.drops import DropError
 from streamflow_assets.model_registry import RegistryError
-from streamflow_assets.report import CheckOutcome, Markdown, MissingInputError, StepRefused
+from streamflow_assets.report import (
+    CheckOutcome,
+    Markdown,
+    MissingInputError,
+    OnlineStoreUnavailableError,
+    StepRefused,
+)
 from streamflow_assets.warehouse import PG_TYPES
 
 
@@ -67,7 +73,13 @@ def as_failures() -> Iterator[None]:
         yield
     except StepRefused as exc:
         raise dg.Failure(description=str(exc), metadata=metadata(exc.metadata)) from None
-    except (MissingInputError, DropError, RegistryError, LookupError) as exc:
+    except (
+        MissingInputError,
+        DropError,
+        RegistryError,
+        LookupError,
+        OnlineStoreUnavailableError,
+    ) as exc:
         raise dg.Failure(description=str(exc)) from None
 
 

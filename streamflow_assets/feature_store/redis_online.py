@@ -147,6 +147,7 @@ def write_month(
     record the month as published; the metadata of the write. The users are split over
     WRITE_PARTS sessions written side by side. The caller holds ONLINE_LOCK."""
     started = time.perf_counter()
+    redis_client(store)  # a Redis that does not answer is named before anything is read
     with engine.connect() as conn:
         newer_published = [m for m in published_months(conn) if m > month]
     query, params = month_rows_sql(store, views)
