@@ -127,8 +127,14 @@ def sample(table: pa.Table, partition: str) -> pa.Table:
     """At most SAMPLE_ROWS rows, the same ones for the same month every time (taken in Arrow:
     converting a million rows to pandas costs more than the test). A table of SAMPLE_ROWS rows
     or fewer is its own sample, so a kept sample samples to itself."""
-    if table.num_rows > SAMPLE_ROWS:
-        rng = np.random.default_rng(int(partition.replace("-", "")))
-        rows = np.sort(rng.choice(table.num_rows, SAMPLE_ROWS, replace=False))
-        table = table.take(pa.array(rows))
-    return table
+    rows = sample_rows(table.num_rows, partition)
+    return table if rows is None else table.take(pa.array(rows))
+
+
+def sample_rows(num_rows: int, partition: str) -> np.ndarray | None:
+    """The rows, in order, that `sample` takes from a table of `num_rows` rows (None: all): what
+    a month built a block at a time keeps of each block."""
+    if num_rows <= SAMPLE_ROWS:
+        return None
+    rng = np.random.default_rng(int(partition.replace("-", "")))
+    return np.sort(rng.choice(num_rows, SAMPLE_ROWS, replace=False))

@@ -8,7 +8,6 @@ as literals by psycopg).
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import os
 import random
@@ -72,18 +71,15 @@ def file_chunks(path) -> Iterator[bytes]:
             yield chunk
 
 
-def copy_out(conn: Connection, query: str) -> io.BytesIO:
-    """The result of a query as CSV with a header (COPY ... TO STDOUT), in memory."""
-    buffer = io.BytesIO()
+def copy_out_chunks(conn: Connection, query: str) -> Iterator[bytes]:
+    """The result of a query as CSV without a header (COPY ... TO STDOUT), as PostgreSQL sends
+    it: whole rows."""
     driver: psycopg.Connection = conn.connection.driver_connection
     with (
         driver.cursor() as cur,
-        cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)") as cp,
+        cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)") as cp,
     ):
-        for chunk in cp:
-            buffer.write(chunk)
-    buffer.seek(0)
-    return buffer
+        yield from cp
 
 
 def replace_table(

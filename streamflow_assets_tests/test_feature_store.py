@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import psycopg
+import pyarrow.feather as feather
 import pytest
 import sqlalchemy as sa
 from feast.infra.key_encoding_utils import serialize_entity_key
@@ -24,8 +25,10 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
+from streamflow_assets import monitoring
 from streamflow_assets.adapters.feast import redis_client
 from streamflow_assets.db import libpq_url
+from streamflow_assets.feature_store import training
 from streamflow_assets.feature_store.online import entity_key_sql, published_months, value_sql
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_repo, feature_store
 from streamflow_assets.feature_store.training import training_table
@@ -477,6 +480,42 @@ def test_unexpected_empty_feature_fails_the_check_and_writes_nothing(new_warehou
         "no_unexpected_null_feature": False,
         "label_rate_in_range": True,
     }
+
+
+def test_a_training_csv_built_in_small_blocks_is_the_one_built_at_once(new_warehouse, monkeypatch):
+    """The month is built, checked and written a block of PostgreSQL's CSV at a time: with
+    1 KB blocks (over ten of them) the file, the kept drift sample (50 rows here, taken from
+    across the blocks) and the checks are the ones a single block gives; an empty feature in
+    the last block is counted and named."""
+    monkeypatch.setattr(monitoring, "SAMPLE_ROWS", 50)
+    warehouse = new_warehouse()
+    groups = dg.AssetSelection.groups(*FAULT_GROUPS)
+    warehouse.load("2024-01", selection=groups | dg.AssetSelection.assets("training_dataset"))
+    csv = warehouse.output / "training_df_2024-01-31.csv"
+    kept = warehouse.output / "drift" / "2024-01.sample.arrow"
+    whole, whole_sample = csv.read_bytes(), feather.read_table(kept)
+    assert whole_sample.num_rows == 50
+    monkeypatch.setattr(training, "BLOCK_BYTES", 1024)
+    blocks = list(training.training_blocks(warehouse.engine, feature_store(Settings.from_env()),
+                                           "2024-01"))  # fmt: skip
+    assert len(blocks) > 10
+
+    result = warehouse.materialize("2024-01", selection="training_dataset")
+    assert result.success, failure_text(result)
+    assert csv.read_bytes() == whole
+    assert feather.read_table(kept).equals(whole_sample)
+    metadata = materialization(result, "training_dataset").metadata
+    assert metadata["rows"].value == len(whole.splitlines()) - 1
+
+    last = warehouse.frame(
+        "SELECT max(user_id) AS u FROM usage_agg_30d_snapshots WHERE as_of = '2024-01-31'"
+    ).u[0]
+    with warehouse.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM usage_agg_30d_snapshots WHERE user_id = :u"), {"u": last})
+    result = warehouse.materialize("2024-01", selection="training_dataset")
+    assert not result.success
+    assert f"watch_hours_30d: 1 empty (e.g. {last})" in failure_text(result)
+    assert csv.read_bytes() == whole  # the month's CSV stays the one that passed
 
 
 @pytest.mark.parametrize("name", ["utc", "new_york"])
