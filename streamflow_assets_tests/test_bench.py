@@ -87,7 +87,9 @@ def test_bench_scale_prints_every_step_the_peak_rss_and_the_ratios(project_env):
     out = done.stdout
     assert "FAILED" not in out, out
     for step in ("ingest_monthly_drop", "online_features", "training_dataset", "churn_scores"):
-        assert out.count(step) == 3, out  # both sizes' tables, and the ratios
+        # as each size's month ran, in both sizes' tables, and in the ratios
+        assert len(re.findall(rf"^  2024-01 {step} +[\d.]+ s  \(peak RSS", out, re.M)) == 2, out
+        assert len(re.findall(rf"^{step} +[\d.]+", out, re.M)) == 3, out
     sizes = re.findall(r"^users\s+([\d,]+)$", out, re.MULTILINE)
     assert [int(s.replace(",", "")) for s in sizes] == [300, 900]
     rss = [

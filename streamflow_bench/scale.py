@@ -21,6 +21,8 @@ from pathlib import Path
 
 _RESULT = "streamflow-bench-scale: "
 """The child's last line: its result as JSON after this prefix."""
+_PROGRESS = "streamflow-bench-scale step: "
+"""A line of the child's as each step ends, which the parent prints without the prefix."""
 
 
 @dataclass
@@ -89,17 +91,32 @@ def run_size(server, users: int, months: int, seed: int, settings) -> list[Month
 
 
 def _run_month(partition: str, env: dict[str, str]) -> Month:
+    """One month in a child process; each step is printed as it ends (a month of 10M users
+    takes most of an hour)."""
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "streamflow_bench.scale", partition],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    lines = []
+    with (
+        tempfile.TemporaryFile("w+") as errors,
+        subprocess.Popen(
+            [sys.executable, "-m", "streamflow_bench.scale", partition],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        ) as child,
+    ):
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith(_RESULT):
+                lines.append(line)
+            elif line.startswith(_PROGRESS):
+                print(line.removeprefix(_PROGRESS).rstrip(), flush=True)
+        child.wait()
+        errors.seek(0)
+        failure = errors.read()[-2000:]
     seconds = time.perf_counter() - started
-    lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
     if not lines:
-        return Month(partition, seconds=seconds, failed=(done.stderr or done.stdout)[-2000:])
+        return Month(partition, seconds=seconds, failed=failure or "no result")
     month = Month(**json.loads(lines[-1].removeprefix(_RESULT)))
     month.seconds = seconds
     return month
@@ -152,6 +169,12 @@ def main(partition: str) -> int:
 
     def step_done(step: str, ok: bool, seconds: float | None) -> None:
         steps[step] = seconds if seconds is not None else float("nan")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"{_PROGRESS}  {partition} {step:24s} {steps[step]:8.1f} s"
+            f"{'' if ok else '  FAILED'}  (peak RSS so far {rss:,.0f} MB)",
+            flush=True,
+        )
 
     with dg.DagsterInstance.get() as instance:
         result = run_monthly_graph(partition, instance, on_step=step_done)
