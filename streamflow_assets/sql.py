@@ -109,6 +109,13 @@ def replace_table(
         )
 
 
+NO_AUTOVACUUM = "WITH (autovacuum_enabled = false)"
+"""For a table built beside its target and swapped in (`replace_table`): it is written once and
+analyzed by its builder, never updated in place, so it needs no autovacuum — and an autovacuum
+holding it would starve the swap, whose short `LOCK_TIMEOUT` gives up before PostgreSQL cancels
+the autovacuum for a waiting lock (at deadlock_timeout, 1 s). Seen at 10M users: the month's
+online publish retried 130 times over 197 s behind a VACUUM of a 60M-row staged table."""
+
 LOCK_TIMEOUT = timedelta(milliseconds=100)
 """How long a swap waits for its tables' locks per attempt: well under PostgreSQL's
 deadlock_timeout (1 s), so a reader caught between two of the swap's tables makes the swap give

@@ -29,12 +29,17 @@ from streamflow_assets import monitoring
 from streamflow_assets.adapters.feast import redis_client
 from streamflow_assets.db import libpq_url
 from streamflow_assets.feature_store import training
-from streamflow_assets.feature_store.online import entity_key_sql, published_months, value_sql
+from streamflow_assets.feature_store.online import (
+    entity_key_sql,
+    online_table,
+    published_months,
+    value_sql,
+)
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_repo, feature_store
 from streamflow_assets.feature_store.training import training_table
 from streamflow_assets.months import event_timestamp
 from streamflow_assets.settings import Settings
-from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
+from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES, TABLES
 from streamflow_assets_tests.conftest import (
     TEST_URL_VAR,
     Warehouse,
@@ -654,3 +659,32 @@ def test_a_redis_that_does_not_answer_is_named_and_nothing_changes(new_warehouse
     pd.testing.assert_frame_equal(
         warehouse.frame("SELECT * FROM streamflow_meta.online_months"), published
     )
+
+
+def test_swapped_in_tables_are_analyzed_by_their_builder_and_left_alone_by_autovacuum(
+    new_warehouse,
+):
+    """The live and online tables a month swaps in are written once and never updated in
+    place: their builder analyzes them, and autovacuum is off on them, because an autovacuum
+    holding a staged table starves the swap (its short lock timeout gives up before PostgreSQL
+    would cancel the autovacuum) — seen at 10M users."""
+    warehouse = new_warehouse()
+    warehouse.load("2024-01", selection=dg.AssetSelection.groups(*FAULT_GROUPS))
+    store = feature_store(Settings.from_env())
+    online = [
+        f"{config_schema}.{table}"
+        for config_schema, table in (
+            online_table(store.config, view) for view in store.list_feature_views()
+        )
+    ]
+    tables = [*(t.name for t in TABLES), *online]
+    found = warehouse.frame(
+        "SELECT c.oid::regclass::text AS name, c.reloptions, "
+        "(SELECT count(*) FROM pg_statistic s WHERE s.starelid = c.oid) AS stats "
+        "FROM pg_class c WHERE c.oid = ANY(CAST(:tables AS regclass[]))",
+        tables=tables,
+    ).set_index("name")
+    assert len(found) == len(tables) == 10
+    for name, row in found.iterrows():
+        assert row.reloptions == ["autovacuum_enabled=false"], name
+        assert row.stats > 0, name

@@ -31,6 +31,7 @@ from streamflow_assets.adapters.feast import (
 )
 from streamflow_assets.failpoints import failpoint
 from streamflow_assets.sql import (
+    NO_AUTOVACUUM,
     background_session,
     ident,
     literal,
@@ -195,7 +196,7 @@ def stage_view(
         # pages out for it (a million users' INSERTs did, and the API's tail latency showed).
         total = conn.execute(
             sa.text(
-                f"CREATE TABLE {staged} AS "
+                f"CREATE TABLE {staged} {NO_AUTOVACUUM} AS "
                 + _in_columns_of(live_columns, " UNION ALL ".join([*month_parts, kept_part]))
             ),
             params,

@@ -20,7 +20,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from streamflow_assets.failpoints import failpoint
-from streamflow_assets.sql import advisory_lock, ident, replace_table, swap_with_retries
+from streamflow_assets.sql import (
+    NO_AUTOVACUUM,
+    advisory_lock,
+    ident,
+    replace_table,
+    swap_with_retries,
+)
 from streamflow_assets.table_specs import TableSpec
 from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA, month_table
 
@@ -69,7 +75,7 @@ def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> Pub
                 ),
                 params,
             ).one()
-        conn.execute(sa.text(f"CREATE TABLE {nxt} (LIKE {live})"))
+        conn.execute(sa.text(f"CREATE TABLE {nxt} (LIKE {live}) {NO_AUTOVACUUM}"))
         live_rows = conn.execute(
             sa.text(
                 f"""
@@ -91,6 +97,7 @@ def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> Pub
                 f"PRIMARY KEY ({keys})"
             )
         )
+        conn.execute(sa.text(f"ANALYZE {nxt}"))  # autovacuum never will (NO_AUTOVACUUM)
     if not compare:
         inserted, older = live_rows - live_before, 0
         updated = staged - inserted
