@@ -20,7 +20,6 @@ from streamflow_assets.definitions import defs
 from streamflow_assets.feature_store import training
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.feature_store.training import (
-    read_training_csv,
     read_training_sample,
     training_path,
 )
@@ -475,12 +474,15 @@ def test_a_training_sample_is_seeded_uniform_and_read_a_chunk_at_a_time(tmp_path
     write_training_like_csv(first, range(0, 6000))
     write_training_like_csv(second, range(6000, 10000))
 
-    # No more rows than asked for: every row, as the whole-file reader gives them.
+    # No more rows than asked for: every row of the file.
     whole = read_training_sample([first], 10_000, seed=7)
-    expected = read_training_csv(first)
+    expected = pd.read_csv(first, dtype={"user_id": str})
     assert whole["user_id"].tolist() == expected["user_id"].tolist()
     assert whole["is_auto_pay"].dtype == "float64"  # every chunk alike, empty values NaN
-    pd.testing.assert_series_equal(whole["is_auto_pay"], expected["is_auto_pay"])
+    assert whole["churn_label"].dtype == "float64"  # a bool column too
+    pd.testing.assert_series_equal(
+        whole["is_auto_pay"], expected["is_auto_pay"].map({True: 1.0, False: 0.0})
+    )
     assert whole["net_service"].dtype == object
 
     sample = read_training_sample([first, second], 1000, seed=7)
@@ -491,7 +493,8 @@ def test_a_training_sample_is_seeded_uniform_and_read_a_chunk_at_a_time(tmp_path
     # Uniform over both files together: 60% of the rows are the first file's.
     assert 540 <= (numbers < 6000).sum() <= 660
     # Each sampled row is the file's row, unchanged.
-    rows = pd.concat([read_training_csv(first), read_training_csv(second)]).set_index("user_id")
+    rows = pd.concat([pd.read_csv(f, dtype={"user_id": str}) for f in (first, second)])
+    rows = rows.set_index("user_id")
     assert (rows.loc[ids, "tenure_months"].to_numpy() == sample["tenure_months"]).all()
     assert read_training_sample([first, second], 1000, seed=7).equals(sample)
     assert read_training_sample([first, second], 1000, seed=8)["user_id"].tolist() != ids

@@ -184,17 +184,6 @@ def _copy_out_blocks(
         conn.rollback()
 
 
-def read_training_csv(path: Path) -> pd.DataFrame:
-    """A training CSV as pandas reads it, booleans with empty values made 1.0 / 0.0 / NaN (pandas
-    leaves them as objects, which would look like categories)."""
-    frame = pd.read_csv(path, dtype={"user_id": str})
-    for column in frame.columns:
-        values = frame[column].dropna()
-        if frame[column].dtype == object and len(values) and values.map(type).eq(bool).all():
-            frame[column] = frame[column].map({True: 1.0, False: 0.0})
-    return frame
-
-
 CSV_CHUNK_ROWS = 200_000
 
 
@@ -203,15 +192,19 @@ def read_training_chunks(path: Path) -> Iterator[pd.DataFrame]:
     (in every chunk alike, whether or not that chunk has an empty value)."""
     with pd.read_csv(path, dtype={"user_id": str}, chunksize=CSV_CHUNK_ROWS) as reader:
         for chunk in reader:
-            for column in chunk.columns:
-                values = chunk[column].dropna()
-                if chunk[column].dtype == bool or (
-                    chunk[column].dtype == object
-                    and len(values)
-                    and values.map(type).eq(bool).all()
-                ):
-                    chunk[column] = chunk[column].map({True: 1.0, False: 0.0}).astype("float64")
-            yield chunk
+            yield _booleans_as_numbers(chunk)
+
+
+def _booleans_as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Boolean columns as 1.0 / 0.0 / NaN, whether pandas read them as bool or, with empty
+    values, as objects (which would look like categories)."""
+    for column in frame.columns:
+        values = frame[column].dropna()
+        if frame[column].dtype == bool or (
+            frame[column].dtype == object and len(values) and values.map(type).eq(bool).all()
+        ):
+            frame[column] = frame[column].map({True: 1.0, False: 0.0}).astype("float64")
+    return frame
 
 
 def read_training_sample(paths: Sequence[Path], rows: int, seed: int) -> pd.DataFrame:
