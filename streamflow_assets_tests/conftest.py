@@ -39,8 +39,8 @@ from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA
 TEST_URL_VAR = "STREAMFLOW_TEST_DATABASE_URL"
 TEST_REDIS_VAR = "STREAMFLOW_TEST_REDIS_URL"
 """The Redis server the Redis online-store tests use (default the machine's, 127.0.0.1:6379);
-they take database numbers 10 and up on it, flushing each before use."""
-TEST_REDIS_DBS = range(10, 16)
+they take database numbers 8 to 15 on it, one per use in a session, flushing each before use."""
+TEST_REDIS_DBS = range(8, 16)
 
 
 def free_port() -> int:
@@ -244,7 +244,13 @@ def redis_server() -> Iterator[Callable[[], dict[str, str]]]:
     free = iter(TEST_REDIS_DBS)
 
     def next_database() -> dict[str, str]:
-        url = f"{base.rstrip('/')}/{next(free)}"
+        number = next(free, None)
+        if number is None:
+            raise RuntimeError(
+                f"the Redis tests used every database of TEST_REDIS_DBS ({TEST_REDIS_DBS}) "
+                "in this session: give them more"
+            )
+        url = f"{base.rstrip('/')}/{number}"
         redis.Redis.from_url(url).flushdb()
         return {"STREAMFLOW_ONLINE_STORE": "redis", "STREAMFLOW_REDIS_URL": url}
 
