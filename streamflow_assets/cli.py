@@ -432,7 +432,7 @@ def run(months_wanted: tuple[str, ...]) -> None:
 
     from streamflow_assets.generator import generate_drops
     from streamflow_assets.months import partitions_in_drops
-    from streamflow_assets.runs import dagster_home, run_monthly_graph
+    from streamflow_assets.runs import dagster_home, failure_text, run_monthly_graph
 
     settings = Settings.from_env()
     # --month is checked before anything is written: a bad one changes nothing.
@@ -483,7 +483,7 @@ def run(months_wanted: tuple[str, ...]) -> None:
             failed.append(partition)
             click.echo(f"  {partition} ({folder.name}): FAILED in {seconds:.1f} s", err=True)
             for event in result.get_step_failure_events():
-                click.echo(f"    {event.step_key}: {_failure_text(event)}", err=True)
+                click.echo(f"    {event.step_key}: {failure_text(event)}", err=True)
     if failed:
         raise click.ClickException(f"{len(failed)} month(s) failed: {', '.join(failed)}")
     _show_results(settings, list(months))
@@ -533,12 +533,6 @@ def _summary(result) -> str:
     ]
     rows = f"{users[0]['rows staged'].value:,} users, " if users else ""
     return f"{rows}{len(materialized)} assets"
-
-
-def _failure_text(event) -> str:
-    error = event.event_specific_data.error
-    cause = error.cause if error and error.cause else error
-    return cause.message.strip() if cause else event.message
 
 
 if __name__ == "__main__":

@@ -123,6 +123,21 @@ _EARLIER_CONFIGS = ("telemetry:\n  enabled: false\n", _MONITORING + _TELEMETRY)
 """What earlier versions wrote: replaced by the current config (a user's own file never is)."""
 
 
+def failure_text(event: dg.DagsterEvent) -> str:
+    """What made a step fail: the exception its code raised (Dagster wraps it as the cause of
+    its own "Error occurred while executing op ..."), or, when nothing was wrapped, the whole
+    error with its stack, so a failure is never reported by its wrapper's words alone."""
+    error = event.event_specific_data.error
+    if error is None:
+        return event.message
+    raised = error.cause or error.context
+    while raised is not None and not raised.message.strip():
+        raised = raised.cause or raised.context
+    if raised is None:
+        return error.to_string().strip()
+    return raised.message.strip()
+
+
 def dagster_home(settings: Settings) -> Path:
     """The DAGSTER_HOME of `streamflow run` and `streamflow dev`: STREAMFLOW_HOME/dagster, with
     the project's instance config written when missing."""

@@ -266,14 +266,14 @@ def main(partition: str) -> int:
     """One month of FAULT_GROUPS through the instance in DAGSTER_HOME (the faults' child)."""
     import dagster as dg
 
-    from streamflow_assets.runs import materialize_month
+    from streamflow_assets.runs import failure_text, materialize_month
 
     with dg.DagsterInstance.get() as instance:
         result = materialize_month(
             partition, selection=dg.AssetSelection.groups(*FAULT_GROUPS), instance=instance
         )
     for event in result.get_step_failure_events():
-        print(f"{event.step_key}: {event.event_specific_data.error.message}", file=sys.stderr)
+        print(f"{event.step_key}: {failure_text(event)}", file=sys.stderr)
     return 0 if result.success else 1
 
 

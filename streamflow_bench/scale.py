@@ -163,7 +163,7 @@ def main(partition: str) -> int:
     """One month of `monthly_graph` in this process (the benchmark's child); its result as JSON."""
     import dagster as dg
 
-    from streamflow_assets.runs import run_monthly_graph
+    from streamflow_assets.runs import failure_text, run_monthly_graph
 
     steps: dict[str, float] = {}
 
@@ -184,8 +184,7 @@ def main(partition: str) -> int:
         if materialization.asset_key.to_user_string() == "users":
             users = materialization.metadata["rows staged"].value
     failed = "; ".join(
-        f"{e.step_key}: {e.event_specific_data.error.message.strip()[:300]}"
-        for e in result.get_step_failure_events()
+        f"{e.step_key}: {failure_text(e)[:300]}" for e in result.get_step_failure_events()
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     month = {"partition": partition, "users": users, "steps": steps, "peak_rss_mb": peak,

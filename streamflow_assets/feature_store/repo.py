@@ -71,11 +71,14 @@ def _new_store(settings: Settings, repo: Path) -> FeatureStore:
     from streamflow_assets.db import get_engine
     from streamflow_assets.sql import advisory_lock
 
-    # Feast creates its registry's tables when a store is made (create_all): two processes
-    # doing it at once on a new database collide (two months' runs at once did), so one at a
-    # time.
+    # Feast creates its registry's tables (create_all) the first time a store's `registry` is
+    # read, not when the store is made: two processes doing it at once on a new database
+    # collide ("relation projects already exists", two months' runs at once), so the registry
+    # is made here, one process at a time.
     with advisory_lock(get_engine(settings), REGISTRY_LOCK):
-        return FeatureStore(repo_path=str(repo))
+        store = FeatureStore(repo_path=str(repo))
+        store.registry  # noqa: B018 - made now, under the lock
+        return store
 
 
 def feast_command(repo: Path, *args: str) -> list[str]:
