@@ -27,6 +27,8 @@ from streamflow_assets.report import CheckOutcome, markdown_table
 SAMPLE_ROWS = 20_000
 """Rows of each month compared: enough for every test Evidently picks, fast at 10M users."""
 NOT_FEATURES = {"user_id", "event_timestamp", "churn_label"}
+CSV_BLOCK_BYTES = 8 << 20
+"""How much of a training CSV is parsed at a time when its month's sample is read from it."""
 
 
 def drift_report_path(output_dir: Path, partition: str) -> Path:
@@ -55,14 +57,37 @@ def kept_sample(output_dir: Path, partition: str, written_after: Path) -> pa.Tab
     return feather.read_table(path)
 
 
-def read_features(path: Path, schema: pa.Schema) -> pa.Table:
-    """A training CSV with the column types of a training table."""
-    return pa_csv.read_csv(
+def read_sample(path: Path, schema: pa.Schema, partition: str) -> pa.Table:
+    """The month's sample (the rows `sample` takes) of its training CSV, read a block at a time:
+    one pass to count the rows, one to take them, so memory follows the sample, not the month."""
+    rows = sum(block.num_rows for block in _csv_blocks(path, schema))
+    sampled, first, kept = sample_rows(rows, partition), 0, []
+    for block in _csv_blocks(path, schema):
+        kept.append(rows_of(block, sampled, first))
+        first += block.num_rows
+    return pa.concat_tables(kept) if kept else schema.empty_table()
+
+
+def _csv_blocks(path: Path, schema: pa.Schema):
+    """A training CSV's record batches as tables, with the column types of a training table."""
+    reader = pa_csv.open_csv(
         path,
+        read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
         convert_options=pa_csv.ConvertOptions(
             column_types={f.name: f.type for f in schema}, strings_can_be_null=True
         ),
     )
+    for batch in reader:
+        yield pa.Table.from_batches([batch])
+
+
+def rows_of(block: pa.Table, rows: np.ndarray | None, first: int) -> pa.Table:
+    """The rows of `block` among the month's `rows` (indices in the month, sorted; None: all),
+    the block starting at row `first` of the month."""
+    if rows is None:
+        return block
+    lo, hi = np.searchsorted(rows, [first, first + block.num_rows])
+    return block.take(pa.array(rows[lo:hi] - first))
 
 
 def feature_drift(

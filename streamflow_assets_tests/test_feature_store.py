@@ -509,6 +509,13 @@ def test_a_training_csv_built_in_small_blocks_is_the_one_built_at_once(new_wareh
     assert result.success, failure_text(result)
     assert csv.read_bytes() == whole
     assert feather.read_table(kept).equals(whole_sample)
+    # A month whose kept sample is lost: the same rows are read from its CSV, 1 KB at a time.
+    monkeypatch.setattr(monitoring, "CSV_BLOCK_BYTES", 1024)
+    kept.unlink()
+    store = feature_store(Settings.from_env())
+    assert training.previous_features(
+        warehouse.engine, store, warehouse.output, "2024-01", whole_sample.schema
+    ).equals(whole_sample)
     metadata = materialization(result, "training_dataset").metadata
     assert metadata["rows"].value == len(whole.splitlines()) - 1
 

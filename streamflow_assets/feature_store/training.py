@@ -43,7 +43,8 @@ from streamflow_assets.monitoring import (
     feature_drift,
     keep_sample,
     kept_sample,
-    read_features,
+    read_sample,
+    rows_of,
     sample_rows,
 )
 from streamflow_assets.months import as_of, event_timestamp, previous_month
@@ -267,7 +268,7 @@ def build_training_csv(
                 if writer is None:
                     writer = stack.enter_context(pa_csv.CSVWriter(tmp, block.schema))
                 writer.write_table(block)
-                kept.append(_rows_of(block, sampled, figures.rows))
+                kept.append(rows_of(block, sampled, figures.rows))
                 figures.add(block)
             outcomes = figures.outcomes(partition, expected)
             if any(not o.passed for o in outcomes):
@@ -311,15 +312,6 @@ class _Refused(Exception):
         self.outcomes = outcomes
 
 
-def _rows_of(block: pa.Table, rows: np.ndarray | None, first: int) -> pa.Table:
-    """The rows of `block` among the month's `rows` (indices in the month; None: all), the
-    block starting at row `first` of the month."""
-    if rows is None:
-        return block
-    lo, hi = np.searchsorted(rows, [first, first + block.num_rows])
-    return block.take(pa.array(rows[lo:hi] - first))
-
-
 def snapshot_users(engine: Engine, partition: str) -> int:
     with engine.connect() as conn:
         return conn.execute(
@@ -331,19 +323,19 @@ def snapshot_users(engine: Engine, partition: str) -> int:
 def previous_features(
     engine: Engine, store: FeatureStore, output_dir: Path, partition: str, schema: pa.Schema
 ) -> pa.Table | None:
-    """A month's training set for comparing with: the sample kept with its CSV, or the CSV when
-    it has none, otherwise its sample built from the snapshots when the month is loaded (months
-    run in any order), otherwise None."""
+    """A month's training set for comparing with: the sample kept with its CSV, or the same rows
+    read from the CSV when it has none, otherwise its sample built from the snapshots when the
+    month is loaded (months run in any order), otherwise None."""
     path = training_path(output_dir, partition)
     if path.exists():
         kept = kept_sample(output_dir, partition, written_after=path)
-        return kept if kept is not None else read_features(path, schema)
+        return kept if kept is not None else read_sample(path, schema, partition)
     users = snapshot_users(engine, partition)
     if not users:
         return None
     sampled, first, kept = sample_rows(users, partition), 0, []
     for block in training_blocks(engine, store, partition):
-        kept.append(_rows_of(block, sampled, first))
+        kept.append(rows_of(block, sampled, first))
         first += block.num_rows
     return pa.concat_tables(kept)
 
