@@ -39,7 +39,8 @@ from streamflow_assets.warehouse import DROPS_SCHEMA, STAGING_SCHEMA
 TEST_URL_VAR = "STREAMFLOW_TEST_DATABASE_URL"
 TEST_REDIS_VAR = "STREAMFLOW_TEST_REDIS_URL"
 """The Redis server the Redis online-store tests use (default the machine's, 127.0.0.1:6379);
-they take database numbers 8 to 15 on it, one per use in a session, flushing each before use."""
+they take database numbers 8 to 15 on it, each leased to one user at a time and flushed before
+use."""
 TEST_REDIS_DBS = range(8, 16)
 
 
@@ -230,10 +231,36 @@ def settings(project_env: dict[str, str]) -> Settings:
 # ---- online stores: PostgreSQL (the settings' database), a Redis server, a Redis Cluster -------
 
 
+class RedisDatabases:
+    """The test server's databases TEST_REDIS_DBS, each leased to one user at a time, flushed
+    when it is handed out."""
+
+    def __init__(self, base: str):
+        self.base = base.rstrip("/")
+        self.free = list(TEST_REDIS_DBS)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[dict[str, str]]:
+        """The online-store environment of a database of its own, given back at the end."""
+        import redis
+
+        if not self.free:
+            raise RuntimeError(
+                f"every Redis database of TEST_REDIS_DBS ({TEST_REDIS_DBS}) is in use at once: "
+                "give the tests more"
+            )
+        number = self.free.pop(0)
+        url = f"{self.base}/{number}"
+        redis.Redis.from_url(url).flushdb()
+        try:
+            yield {"STREAMFLOW_ONLINE_STORE": "redis", "STREAMFLOW_REDIS_URL": url}
+        finally:
+            self.free.append(number)
+
+
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[Callable[[], dict[str, str]]]:
-    """Hand out the online-store environment of a Redis database of the test server, flushed
-    (a number of its own each time); skips when no Redis answers."""
+def redis_databases() -> RedisDatabases:
+    """The Redis databases of the test server; skips when no Redis answers."""
     import redis
 
     base = os.environ.get(TEST_REDIS_VAR, "") or "redis://127.0.0.1:6379"
@@ -241,20 +268,15 @@ def redis_server() -> Iterator[Callable[[], dict[str, str]]]:
         redis.Redis.from_url(base, socket_timeout=2).ping()
     except redis.RedisError as exc:
         pytest.skip(f"no Redis answers at {base} ({exc}): set {TEST_REDIS_VAR}")
-    free = iter(TEST_REDIS_DBS)
+    return RedisDatabases(base)
 
-    def next_database() -> dict[str, str]:
-        number = next(free, None)
-        if number is None:
-            raise RuntimeError(
-                f"the Redis tests used every database of TEST_REDIS_DBS ({TEST_REDIS_DBS}) "
-                "in this session: give them more"
-            )
-        url = f"{base.rstrip('/')}/{number}"
-        redis.Redis.from_url(url).flushdb()
-        return {"STREAMFLOW_ONLINE_STORE": "redis", "STREAMFLOW_REDIS_URL": url}
 
-    yield next_database
+@pytest.fixture
+def redis_server(redis_databases) -> Iterator[Callable[[], dict[str, str]]]:
+    """Hand out the online-store environment of a flushed Redis database of its own each call,
+    for one test: the databases are given back when it ends."""
+    with contextlib.ExitStack() as leases:
+        yield lambda: leases.enter_context(redis_databases.lease())
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ a real online store filled by the asset graph, httpx as the client, schemathesis
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -32,9 +33,12 @@ from streamflow_assets_tests.conftest import (
 def served(request, server_url, seed_drops) -> Iterator[tuple[str, Warehouse]]:
     """Months 1 and 2 through the whole graph, and an API server process over them; online in
     PostgreSQL, then in Redis."""
-    online = request.getfixturevalue("redis_server")() if request.param == "redis" else None
+    leases = contextlib.ExitStack()
+    online = None
+    if request.param == "redis":
+        online = leases.enter_context(request.getfixturevalue("redis_databases").lease())
     url = create_database(server_url)
-    with pytest.MonkeyPatch.context() as patch:
+    with leases, pytest.MonkeyPatch.context() as patch:
         warehouse = Warehouse(url, seed_drops, patch, online)
         warehouse.load("2024-01", "2024-02")
         process, base = start_api(dict(os.environ))

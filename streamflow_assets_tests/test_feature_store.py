@@ -228,10 +228,15 @@ def two_orders_online(request, server_url, seed_drops, tmp_path_factory):
     if request.param == "postgres":
         yield request.getfixturevalue("two_orders")
         return
-    next_database = request.getfixturevalue("redis_server")
+    databases = request.getfixturevalue("redis_databases")
     groups = dg.AssetSelection.groups(*FAULT_GROUPS)
-    with _two_orders(server_url, seed_drops, tmp_path_factory, next_database, groups) as made:
-        yield made
+    with contextlib.ExitStack() as leases:
+
+        def next_database() -> dict[str, str]:
+            return leases.enter_context(databases.lease())
+
+        with _two_orders(server_url, seed_drops, tmp_path_factory, next_database, groups) as made:
+            yield made
 
 
 SNAPSHOTS = [t.snapshot.name for t in SNAPSHOT_TABLES if t is not LABELS]
