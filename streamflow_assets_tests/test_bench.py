@@ -98,3 +98,18 @@ def test_bench_scale_prints_every_step_the_peak_rss_and_the_ratios(project_env):
     ]
     assert len(rss) == 2 and all(100 < mb < 8_000 for mb in rss)
     assert "900 against 300 users (3.0x)" in out
+
+
+def test_a_childs_peak_rss_is_its_own_not_its_parents():
+    """The benchmark's child measures itself: a parent that held 600 MB when it started the
+    child (as `bench scale` does after generating 10M users) does not count."""
+    child = "from streamflow_bench.scale import peak_rss_mb; print(peak_rss_mb())"
+    parent = (
+        "import subprocess, sys\n"
+        "held = b'x' * (600 << 20)\n"
+        f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, "
+        "text=True, check=True).stdout)"
+    )
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert 10 < float(done.stdout) < 300
