@@ -17,7 +17,14 @@ from sqlalchemy.engine import Engine
 from streamflow_assets.checks import MATCHES_VALIDATED_DROP
 from streamflow_assets.months import as_of, event_timestamp
 from streamflow_assets.report import CheckOutcome, MissingInputError
-from streamflow_assets.sql import first_rows, ident, literal, replace_table, table_exists
+from streamflow_assets.sql import (
+    NO_AUTOVACUUM,
+    first_rows,
+    ident,
+    literal,
+    replace_table,
+    table_exists,
+)
 from streamflow_assets.table_specs import TableSpec
 from streamflow_assets.warehouse import (
     DROPS_SCHEMA,
@@ -51,7 +58,9 @@ def build_snapshot(engine: Engine, spec: TableSpec, partition: str) -> dict:
             )
     with engine.begin() as conn:
         target = ident(STAGING_SCHEMA, staged)
-        conn.execute(sa.text(f"CREATE TABLE {target} (LIKE {ident(snapshot.name)})"))
+        conn.execute(
+            sa.text(f"CREATE TABLE {target} (LIKE {ident(snapshot.name)}) {NO_AUTOVACUUM}")
+        )
         rows = conn.execute(
             sa.text(
                 f"INSERT INTO {target} (user_id, as_of, event_timestamp, {columns}) "
@@ -60,6 +69,7 @@ def build_snapshot(engine: Engine, spec: TableSpec, partition: str) -> dict:
             params,
         ).rowcount
         conn.execute(sa.text(f"ALTER TABLE {target} ADD PRIMARY KEY (user_id, as_of)"))
+        conn.execute(sa.text(f"ANALYZE {target}"))  # autovacuum never will (NO_AUTOVACUUM)
         # Proves the partition bound, so ATTACH needs no scan.
         conn.execute(
             sa.text(f"ALTER TABLE {target} ADD CHECK (as_of = {_date_literal(partition)})")

@@ -110,11 +110,14 @@ def replace_table(
 
 
 NO_AUTOVACUUM = "WITH (autovacuum_enabled = false)"
-"""For a table built beside its target and swapped in (`replace_table`): it is written once and
-analyzed by its builder, never updated in place, so it needs no autovacuum — and an autovacuum
-holding it would starve the swap, whose short `LOCK_TIMEOUT` gives up before PostgreSQL cancels
-the autovacuum for a waiting lock (at deadlock_timeout, 1 s). Seen at 10M users: the month's
-online publish retried 130 times over 197 s behind a VACUUM of a 60M-row staged table."""
+"""For a table written once by its builder, which analyzes it, and never updated in place (a
+month's record, snapshot partition, live or online table built beside its target and swapped
+in): autovacuum has nothing to do there but cost. At 10M users an autovacuum holding a staged
+table starved the swap, whose short `LOCK_TIMEOUT` gives up before PostgreSQL cancels the
+autovacuum for a waiting lock (at deadlock_timeout, 1 s): the month's online publish retried 130
+times over 197 s behind a VACUUM of a 60M-row staged table. And the insert-triggered VACUUM
+ANALYZE of each ten-million-row month table ran beside the next steps on two cores. (PostgreSQL
+still runs its anti-wraparound vacuum on these tables when they need it.)"""
 
 LOCK_TIMEOUT = timedelta(milliseconds=100)
 """How long a swap waits for its tables' locks per attempt: well under PostgreSQL's

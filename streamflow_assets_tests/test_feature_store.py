@@ -40,6 +40,12 @@ from streamflow_assets.feature_store.training import training_table
 from streamflow_assets.months import event_timestamp
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES, TABLES
+from streamflow_assets.warehouse import (
+    DROPS_SCHEMA,
+    SNAPSHOT_MONTHS_SCHEMA,
+    month_name,
+    month_table,
+)
 from streamflow_assets_tests.conftest import (
     TEST_URL_VAR,
     Warehouse,
@@ -676,10 +682,11 @@ def test_a_redis_that_does_not_answer_is_named_and_nothing_changes(new_warehouse
 def test_swapped_in_tables_are_analyzed_by_their_builder_and_left_alone_by_autovacuum(
     new_warehouse,
 ):
-    """The live and online tables a month swaps in are written once and never updated in
-    place: their builder analyzes them, and autovacuum is off on them, because an autovacuum
-    holding a staged table starves the swap (its short lock timeout gives up before PostgreSQL
-    would cancel the autovacuum) — seen at 10M users."""
+    """The live and online tables a month swaps in, its records of the drop and its snapshot
+    partitions are written once and never updated in place: their builder analyzes them, and
+    autovacuum is off on them, because an autovacuum holding a staged table starves the swap
+    (its short lock timeout gives up before PostgreSQL would cancel the autovacuum), and
+    vacuums of ten-million-row tables compete with the month's next steps — seen at 10M users."""
     warehouse = new_warehouse()
     warehouse.load("2024-01", selection=dg.AssetSelection.groups(*FAULT_GROUPS))
     store = feature_store(Settings.from_env())
@@ -689,14 +696,19 @@ def test_swapped_in_tables_are_analyzed_by_their_builder_and_left_alone_by_autov
             online_table(store.config, view) for view in store.list_feature_views()
         )
     ]
-    tables = [*(t.name for t in TABLES), *online]
+    records = [f"{DROPS_SCHEMA}.{month_table(t, '2024-01')}" for t in TABLES]
+    partitions = [
+        f"{SNAPSHOT_MONTHS_SCHEMA}.{month_name(t.snapshot.name, '2024-01')}"
+        for t in SNAPSHOT_TABLES
+    ]
+    tables = [*(t.name for t in TABLES), *online, *records, *partitions]
     found = warehouse.frame(
         "SELECT c.oid::regclass::text AS name, c.reloptions, "
         "(SELECT count(*) FROM pg_statistic s WHERE s.starelid = c.oid) AS stats "
         "FROM pg_class c WHERE c.oid = ANY(CAST(:tables AS regclass[]))",
         tables=tables,
     ).set_index("name")
-    assert len(found) == len(tables) == 10
+    assert len(found) == len(tables) == 10 + 6 + len(SNAPSHOT_TABLES)
     for name, row in found.iterrows():
         assert row.reloptions == ["autovacuum_enabled=false"], name
         assert row.stats > 0, name

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from streamflow_assets.months import drop_folder
 from streamflow_assets.settings import Settings
-from streamflow_assets.sql import COPY_CHUNK, copy_in, file_chunks, ident
+from streamflow_assets.sql import COPY_CHUNK, NO_AUTOVACUUM, copy_in, file_chunks, ident
 from streamflow_assets.table_specs import DROP_FILES, TableSpec
 from streamflow_assets.warehouse import PG_TYPES, STAGING_SCHEMA, staging_name
 
@@ -116,14 +116,15 @@ def stage_raw(engine: Engine, drop: DropFile) -> str:
 
 
 def cast_staged(engine: Engine, spec: TableSpec, raw: str, typed: str) -> None:
-    """Copy the raw TEXT staging table into a table of the spec's SQL types."""
+    """Copy the raw TEXT staging table into a table of the spec's SQL types (published, it
+    becomes the month's record, never written again)."""
     casts = ", ".join(
         f"{ident(c.name)}::{PG_TYPES[c.sql_type]} AS {ident(c.name)}" for c in spec.columns
     )
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                f"CREATE TABLE {ident(STAGING_SCHEMA, typed)} AS "
+                f"CREATE TABLE {ident(STAGING_SCHEMA, typed)} {NO_AUTOVACUUM} AS "
                 f"SELECT {casts} FROM {ident(STAGING_SCHEMA, raw)}"
             )
         )
