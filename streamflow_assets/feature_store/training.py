@@ -105,19 +105,23 @@ def training_blocks(
             params[f"{alias}_first_day"] = params[f"{alias}_from"].date() if view.ttl else date.min
             prune = f" AND as_of >= :{alias}_first_day AND as_of <= :as_of"
         joins.append(
-            f"LEFT JOIN (SELECT DISTINCT ON ({ident(join_key)}) {ident(join_key)} AS k, "
+            f'LEFT JOIN (SELECT DISTINCT ON (k) {ident(join_key)} COLLATE "C" AS k, '
             f"{columns} FROM {view.batch_source.get_table_query_string()} "
             f"WHERE {source_ts} <= :ts AND {source_ts} >= :{alias}_from{prune}{only(join_key)} "
-            f"ORDER BY {ident(join_key)}, {source_ts} DESC) {alias} ON {alias}.k = e.user_id"
+            f'ORDER BY k, {source_ts} DESC) {alias} ON {alias}.k = e.user_id COLLATE "C"'
         )
         selects += [f"{alias}.{ident(n)}" for n in names]
         types |= {f.name: _ARROW_TYPES[f.dtype] for f in projection.features}
     labels = ident(LABELS.snapshot.name)
+    # Users are sorted and merged in byte order (COLLATE "C"), not the database's collation:
+    # PostgreSQL compares text in any other collation through the C library (strcoll), which
+    # made the four views' sorts half of the month's query (1M users: 17.9 -> 8.8 s), and the
+    # CSV's rows come in the same order from every server.
     query = (
         f"SELECT e.user_id, {', '.join(selects)}, e.{ident(LABEL)} "
         f"FROM {labels} e {' '.join(joins)} WHERE e.as_of = :as_of"
         + only("user_id", "e.")
-        + " ORDER BY e.user_id"
+        + ' ORDER BY e.user_id COLLATE "C"'
     )
     columns = {"user_id": pa.string(), **types, LABEL: pa.bool_()}
     for table in _copy_out_blocks(engine, inline(engine, query, params), columns):
