@@ -12,6 +12,7 @@ compares with it instead of reading the whole previous training CSV again.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,14 @@ def read_sample(path: Path, schema: pa.Schema, partition: str) -> pa.Table:
     """The month's sample (the rows `sample` takes) of its training CSV, read a block at a time:
     one pass to count the rows, one to take them, so memory follows the sample, not the month."""
     rows = sum(block.num_rows for block in _csv_blocks(path, schema))
-    sampled, first, kept = sample_rows(rows, partition), 0, []
-    for block in _csv_blocks(path, schema):
-        kept.append(rows_of(block, sampled, first))
+    return take_rows(_csv_blocks(path, schema), sample_rows(rows, partition), schema)
+
+
+def take_rows(blocks: Iterable[pa.Table], rows: np.ndarray | None, schema: pa.Schema) -> pa.Table:
+    """The month's `rows` (indices, sorted; None: all) out of its blocks, in order."""
+    first, kept = 0, []
+    for block in blocks:
+        kept.append(rows_of(block, rows, first))
         first += block.num_rows
     return pa.concat_tables(kept) if kept else schema.empty_table()
 

@@ -46,6 +46,7 @@ from streamflow_assets.monitoring import (
     read_sample,
     rows_of,
     sample_rows,
+    take_rows,
 )
 from streamflow_assets.months import as_of, event_timestamp, previous_month
 from streamflow_assets.report import CheckOutcome, StepRefused, StepResult, markdown_table
@@ -337,11 +338,8 @@ def previous_features(
     users = snapshot_users(engine, partition)
     if not users:
         return None
-    sampled, first, kept = sample_rows(users, partition), 0, []
-    for block in training_blocks(engine, store, partition):
-        kept.append(rows_of(block, sampled, first))
-        first += block.num_rows
-    return pa.concat_tables(kept)
+    blocks = training_blocks(engine, store, partition)
+    return take_rows(blocks, sample_rows(users, partition), schema)
 
 
 class _Figures:
