@@ -7,9 +7,9 @@ the entity timestamp and within the view's ttl); the label is month M's churn_la
 Feast's `get_historical_features` on PostgreSQL builds one generic query for any entity rows
 (1M rows: 51 s with one month of snapshots, 77 s with two, growing with history). Here every
 entity row has the same timestamp, so per feature view the answer is one `DISTINCT ON` over the
-snapshot partitions inside the ttl, hash-joined to the entity rows, streamed out with COPY; the
-on-demand features then go through Feast's own `transform_arrow`, as in Feast's retrieval. The
-tests compare the result with `get_historical_features`, value for value.
+snapshot partitions inside the ttl, merge-joined to the entity rows in byte order, streamed out
+with COPY; the on-demand features then go through Feast's own `transform_arrow`, as in Feast's
+retrieval. The tests compare the result with `get_historical_features`, value for value.
 
 The month is built, checked and written a block of COPY's output at a time (`training_blocks`),
 so a month of 10M users needs no more memory than one of 10k.
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
-from feast import FeatureService, FeatureStore
+from feast import FeatureService, FeatureStore, OnDemandFeatureView
 from feast.types import Bool, Float64, Int64, String
 from sqlalchemy.engine import Engine
 
@@ -79,6 +79,7 @@ def training_blocks(
     """`training_table`'s rows a block at a time (`BLOCK_BYTES` of CSV from PostgreSQL each), in
     order, so a month of any size is built in bounded memory; at least one block, maybe empty."""
     service = store.get_feature_service(FEATURE_SERVICE)
+    on_demand = {v.name: v for v in store.list_on_demand_feature_views()}
     ts = event_timestamp(partition)
     selects, joins, types = [], [], {}
 
@@ -90,7 +91,8 @@ def training_blocks(
         return f" AND {prefix}{ident(column)} IN ({', '.join(map(literal, users))})"
 
     params: dict = {"ts": ts, "as_of": as_of(partition)}
-    for i, projection in enumerate(_view_projections(store, service)):
+    views = [p for p in service.feature_view_projections if p.name not in on_demand]
+    for i, projection in enumerate(views):
         view = store.get_feature_view(projection.name)
         (join_key,) = view.join_keys
         source_ts = ident(view.batch_source.timestamp_field)
@@ -129,20 +131,14 @@ def training_blocks(
         table = table.add_column(
             1, ENTITY_TIMESTAMP, pa.array([ts] * table.num_rows, pa.timestamp("us", tz="UTC"))
         )
-        yield _with_on_demand_features(store, service, table)
-
-
-def _view_projections(store: FeatureStore, service: FeatureService):
-    on_demand = {v.name for v in store.list_on_demand_feature_views()}
-    return [p for p in service.feature_view_projections if p.name not in on_demand]
+        yield _with_on_demand_features(on_demand, service, table)
 
 
 def _with_on_demand_features(
-    store: FeatureStore, service: FeatureService, table: pa.Table
+    on_demand: dict[str, OnDemandFeatureView], service: FeatureService, table: pa.Table
 ) -> pa.Table:
     label = table.column(LABEL)
     table = table.drop_columns([LABEL])
-    on_demand = {v.name: v for v in store.list_on_demand_feature_views()}
     for projection in service.feature_view_projections:
         if projection.name not in on_demand:
             continue
