@@ -9,12 +9,15 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.feather as feather
 import pytest
 import sqlalchemy as sa
@@ -371,11 +374,48 @@ def test_training_matches_feasts_get_historical_features(two_orders):
     """Our point-in-time query gives what Feast's gives, feature for feature. (Feast's own
     path turns NUMERIC into doubles with an error in the last bit, e.g. 96.96 -> 96.96000000000001,
     hence the tolerance; ours carries the exact values, as the online store does.)"""
-    made = two_orders
-    warehouse = made["new_york"]
+    warehouse = two_orders["new_york"]
     warehouse.activate()
+    _assert_training_matches_feast(warehouse, "2024-02")
+
+
+def test_users_missing_from_a_month_take_feasts_values_from_the_month_before(new_warehouse):
+    """Month M's query reads month M's snapshot partitions; a user missing from one of them
+    falls back to month M-1's row (inside the views' ttl), as Feast's `get_historical_features`
+    does, and a user missing from both has empty features, as in Feast."""
+    warehouse = new_warehouse()
+    selection = dg.AssetSelection.groups("ingestion", "snapshots") | dg.AssetSelection.assets(
+        "feast_registry"
+    )
+    warehouse.load("2024-01", "2024-02", selection=selection)
+    fallback, gone = warehouse.frame(
+        "SELECT user_id FROM labels_snapshots WHERE as_of = '2024-02-29' ORDER BY user_id LIMIT 2"
+    ).user_id
+    january = warehouse.frame(
+        "SELECT watch_hours_30d, months_active FROM usage_agg_30d_snapshots "
+        "JOIN subscriptions_profile_snapshots USING (user_id, as_of) "
+        "WHERE as_of = '2024-01-31' AND user_id = :u",
+        u=fallback,
+    )
+    assert len(january) == 1
+    with warehouse.engine.begin() as conn:
+        for table in ("usage_agg_30d_snapshots", "subscriptions_profile_snapshots"):
+            conn.execute(
+                sa.text(f"DELETE FROM {table} WHERE as_of = '2024-02-29' AND user_id = :u"),
+                {"u": fallback},
+            )
+        conn.execute(sa.text("DELETE FROM usage_agg_30d_snapshots WHERE user_id = :u"), {"u": gone})
+    ours = _assert_training_matches_feast(warehouse, "2024-02").set_index("user_id")
+    assert float(ours.watch_hours_30d[fallback]) == float(january.watch_hours_30d[0])
+    assert ours.months_active[fallback] == january.months_active[0]
+    assert pd.isna(ours.watch_hours_30d[gone]) and pd.notna(ours.months_active[gone])
+
+
+def _assert_training_matches_feast(warehouse, partition: str) -> pd.DataFrame:
+    """Assert that `training_table` of a month equals Feast's `get_historical_features` for the
+    same entity rows, column by column; return ours."""
     store = feature_store(Settings.from_env())
-    ours = training_table(warehouse.engine, store, "2024-02").to_pandas()
+    ours = training_table(warehouse.engine, store, partition).to_pandas()
     entities = ours[["user_id", "event_timestamp"]]
     theirs = (
         store.get_historical_features(
@@ -397,6 +437,7 @@ def test_training_matches_feasts_get_historical_features(two_orders):
                 a.astype(object).where(a.notna(), None).tolist()
                 == b.astype(object).where(b.notna(), None).tolist()
             ), column
+    return ours
 
 
 def test_registry_apply_is_idempotent(two_orders):
@@ -496,6 +537,44 @@ def test_unexpected_empty_feature_fails_the_check_and_writes_nothing(new_warehou
         "no_unexpected_null_feature": False,
         "label_rate_in_range": True,
     }
+
+
+def test_blocks_read_ahead_arrive_in_order_with_the_producers_error_and_stop_their_query():
+    """The training query runs in a thread of its own, ahead of the transform and the CSV:
+    its blocks come in order, its error comes where it happened, and a reader that stops
+    early ends it (its generator is closed in its thread, which ends)."""
+    closed = []
+
+    def blocks(fail_after=None):
+        try:
+            for i in range(10):
+                if i == fail_after:
+                    raise psycopg.errors.QueryCanceled("canceling statement due to user request")
+                yield pa.table({"i": [i]})
+        finally:
+            closed.append(threading.current_thread().name)
+
+    assert [b["i"][0].as_py() for b in training._read_ahead(blocks())] == list(range(10))
+    got = []
+    with pytest.raises(psycopg.errors.QueryCanceled, match="canceling statement"):
+        for block in training._read_ahead(blocks(fail_after=3)):
+            got.append(block["i"][0].as_py())
+    assert got == [0, 1, 2]
+    reader = training._read_ahead(blocks(), depth=1)
+    assert next(reader)["i"][0].as_py() == 0
+    reader.close()
+    assert closed == ["training-query"] * 3
+    assert not [t for t in threading.enumerate() if t.name == "training-query"]
+
+
+def test_a_block_that_cannot_be_written_fails_the_write(tmp_path):
+    """The CSV is written by a thread: a write's error reaches the month's build."""
+    schema = pa.schema([("user_id", pa.string())])
+    with pa_csv.CSVWriter(tmp_path / "t.csv", schema) as writer, training._Writes(writer) as writes:
+        writes.add(pa.table({"user_id": ["a"]}))
+        writes.add(pa.table({"user_id": [[1]]}))  # a list has no CSV form
+        with pytest.raises(pa.ArrowNotImplementedError, match="Unsupported cast from list"):
+            writes.wait()
 
 
 def test_a_training_csv_built_in_small_blocks_is_the_one_built_at_once(new_warehouse, monkeypatch):
