@@ -379,6 +379,19 @@ def test_training_matches_feasts_get_historical_features(two_orders):
     _assert_training_matches_feast(warehouse, "2024-02")
 
 
+def test_any_source_path_gives_the_snapshot_paths_rows(two_orders, monkeypatch):
+    """A feature view over a table that is not a monthly snapshot takes the general path (one
+    `DISTINCT ON` over its rows inside the ttl): on the snapshots it gives the same rows."""
+    warehouse = two_orders["utc"]
+    warehouse.activate()
+    store = feature_store(Settings.from_env())
+    for partition in ("2024-01", "2024-02"):
+        snapshot_path = training_table(warehouse.engine, store, partition)
+        with monkeypatch.context() as patch:
+            patch.setattr(training, "SNAPSHOT_NAMES", set())
+            assert training_table(warehouse.engine, store, partition).equals(snapshot_path)
+
+
 def test_users_missing_from_a_month_take_feasts_values_from_the_month_before(new_warehouse):
     """Month M's query reads month M's snapshot partitions; a user missing from one of them
     falls back to month M-1's row (inside the views' ttl), as Feast's `get_historical_features`
