@@ -165,8 +165,8 @@ def _snapshot_join(
     holds one row per user and month, stamped with the month's as_of, so the newest row inside
     the window is the user's row of month M (partition as_of = :as_of) when there is one. Only
     users missing from it (a drop may leave a user out of a file) look further back, one index
-    lookup each into the older months inside the window (:<alias>_first_day on), when there
-    are `older_months`: a month's query reads one partition per view however many months are
+    lookup per column into the older months inside the window (:<alias>_first_day on), when
+    there are `older_months`: a month's query reads one partition per view however many months are
     loaded."""
     (join_key,) = view.join_keys
     source_ts = ident(view.batch_source.timestamp_field)
