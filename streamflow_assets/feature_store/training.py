@@ -37,7 +37,7 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from feast import FeatureService, FeatureStore, FeatureView, OnDemandFeatureView
 from feast.types import Bool, Float64, Int64, String
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from streamflow_assets.checks import (
     LABEL_RATE_IN_RANGE,
@@ -100,22 +100,23 @@ def training_blocks(
 
     params: dict = {"ts": ts, "as_of": as_of(partition)}
     views = [p for p in service.feature_view_projections if p.name not in on_demand]
-    for i, projection in enumerate(views):
-        view = store.get_feature_view(projection.name)
-        names = [f.name for f in projection.features]
-        alias = f"fv{i}"
-        params[f"{alias}_from"] = ts - view.ttl if view.ttl else datetime.min
-        if view.batch_source.get_table_query_string() in SNAPSHOT_NAMES:
-            first_day = params[f"{alias}_from"].date() if view.ttl else date.min
-            older = _has_months_between(engine, view, first_day, params["as_of"])
-            if older:
-                params[f"{alias}_first_day"] = first_day
-            join, values = _snapshot_join(view, names, alias, only, older_months=older)
-        else:
-            join, values = _source_join(view, names, alias, only)
-        joins.append(join)
-        selects += values
-        types |= {f.name: _ARROW_TYPES[f.dtype] for f in projection.features}
+    with engine.connect() as conn:  # the views' questions; closed before the query runs
+        for i, projection in enumerate(views):
+            view = store.get_feature_view(projection.name)
+            names = [f.name for f in projection.features]
+            alias = f"fv{i}"
+            params[f"{alias}_from"] = ts - view.ttl if view.ttl else datetime.min
+            if view.batch_source.get_table_query_string() in SNAPSHOT_NAMES:
+                first_day = params[f"{alias}_from"].date() if view.ttl else date.min
+                older = _has_months_between(conn, view, first_day, params["as_of"])
+                if older:
+                    params[f"{alias}_first_day"] = first_day
+                join, values = _snapshot_join(view, names, alias, only, older_months=older)
+            else:
+                join, values = _source_join(view, names, alias, only)
+            joins.append(join)
+            selects += values
+            types |= {f.name: _ARROW_TYPES[f.dtype] for f in projection.features}
     labels = ident(LABELS.snapshot.name)
     # Users are sorted and merged in byte order (COLLATE "C"), not the database's collation:
     # PostgreSQL compares text in any other collation through the C library (strcoll), which
@@ -193,17 +194,16 @@ def _snapshot_join(
     return join, values
 
 
-def _has_months_between(engine: Engine, view: FeatureView, first_day: date, as_of: date) -> bool:
+def _has_months_between(conn: Connection, view: FeatureView, first_day: date, as_of: date) -> bool:
     """Whether the view's snapshot table holds a month from `first_day` up to (not including)
     `as_of` (PostgreSQL looks only at those months' partitions)."""
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.text(
-                f"SELECT EXISTS (SELECT FROM {view.batch_source.get_table_query_string()} "
-                "WHERE as_of >= :first_day AND as_of < :as_of)"
-            ),
-            {"first_day": first_day, "as_of": as_of},
-        ).scalar_one()
+    return conn.execute(
+        sa.text(
+            f"SELECT EXISTS (SELECT FROM {view.batch_source.get_table_query_string()} "
+            "WHERE as_of >= :first_day AND as_of < :as_of)"
+        ),
+        {"first_day": first_day, "as_of": as_of},
+    ).scalar_one()
 
 
 def _with_on_demand_features(
