@@ -633,6 +633,37 @@ def test_a_training_csv_built_in_small_blocks_is_the_one_built_at_once(new_wareh
     assert csv.read_bytes() == whole  # the month's CSV stays the one that passed
 
 
+def test_a_disk_that_fills_up_midway_fails_the_month_and_keeps_its_csv(new_warehouse, monkeypatch):
+    """The CSV is written by a thread of its own: a write that fails after the first blocks
+    (the disk full) fails the month's build with the disk's error, and leaves the month's CSV
+    and drift sample of the run before as they were, with nothing half-written beside them."""
+    warehouse = new_warehouse()
+    groups = dg.AssetSelection.groups(*FAULT_GROUPS)
+    warehouse.load("2024-01", selection=groups | dg.AssetSelection.assets("training_dataset"))
+    csv = warehouse.output / "training_df_2024-01-31.csv"
+    before = {p: p.read_bytes() for p in warehouse.output.rglob("*") if p.is_file()}
+    assert csv in before
+
+    class DiskFillsUp(pa_csv.CSVWriter):
+        blocks = 0
+
+        def write_table(self, table, max_chunksize=None):
+            DiskFillsUp.blocks += 1
+            if DiskFillsUp.blocks > 3:
+                raise OSError(28, "No space left on device")
+            super().write_table(table, max_chunksize)
+
+    monkeypatch.setattr(training, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(training.pa_csv, "CSVWriter", DiskFillsUp)
+    result = warehouse.materialize("2024-01", selection="training_dataset")
+
+    assert not result.success
+    assert DiskFillsUp.blocks > 3
+    assert "No space left on device" in failure_text(result)
+    after = {p: p.read_bytes() for p in warehouse.output.rglob("*") if p.is_file()}
+    assert after == before
+
+
 @pytest.mark.parametrize("name", ["utc", "new_york"])
 def test_the_registry_keeps_every_months_interval_in_either_order(two_orders, name):
     made = two_orders
