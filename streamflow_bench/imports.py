@@ -18,16 +18,13 @@ MODULES = {
 }
 
 _PROBE = """
-import json, resource, sys, time
+import json, sys, time
 started = time.perf_counter()
 import {module}
 seconds = time.perf_counter() - started
-print(json.dumps({{
-    "seconds": seconds,
-    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "dagster": "dagster" in sys.modules,
-    "great_expectations": "great_expectations" in sys.modules,
-}}))
+loaded = {{name: name in sys.modules for name in ("dagster", "great_expectations")}}
+from streamflow_bench.scale import peak_rss_mb  # this process's own peak, not its parent's
+print(json.dumps({{"seconds": seconds, "max_rss_mb": peak_rss_mb(), **loaded}}))
 """
 
 
