@@ -165,26 +165,35 @@ def stage_view(
                 f"CREATE TEMP TABLE month_rows ON COMMIT DROP AS "
                 f"SELECT {ek} AS entity_key, s.{ts} AS event_ts, {columns} "
                 f"FROM {source.get_table_query_string()} s "
-                f"WHERE s.{ts} >= :start AND s.{ts} < :end{keep_newer}"
+                f"WHERE s.{ts} >= :start AND s.{ts} < :end{keep_newer} ORDER BY 1"
             ),
             params,
         )
         conn.execute(sa.text("ANALYZE month_rows"))
         users = conn.execute(sa.text("SELECT count(*) FROM month_rows")).scalar_one()
-        # Each feature's rows (each distinct value encoded once, then joined to the users
-        # holding it), then every row of the live table this window does not replace.
-        month_parts = []
-        for field in view.features:
-            encoded, text = value_sql(field.dtype.to_value_type(), "v")
-            column = ident(field.name)
-            month_parts.append(
-                f"SELECT m.entity_key, {literal(field.name)} AS feature_name, "
-                f"COALESCE(e.value, '\\x'::bytea) AS value, e.value_text, m.event_ts, "
-                f"now() AS created_ts "
-                f"FROM month_rows m LEFT JOIN (SELECT v, {encoded} AS value, "
-                f"{text} AS value_text FROM (SELECT DISTINCT {column} AS v FROM month_rows "
-                f"WHERE {column} IS NOT NULL) d) e ON e.v = m.{column}"
-            )
+        # Each user's rows one after the other, in the primary key's order (users in entity key
+        # order, then the features as PostgreSQL sorts their names), every value encoded in
+        # place: the indexes are then built from sorted rows (1M users: the two B-trees of a
+        # five-feature view in 4.2 s instead of 13.8). OFFSET 0 keeps the encoders in the inner
+        # SELECT, evaluated once per user; inlined into the VALUES, PostgreSQL memoized them on
+        # a key of every expression, three times slower.
+        names = conn.execute(
+            sa.text("SELECT n FROM unnest(CAST(:names AS text[])) n ORDER BY n"),
+            {"names": [f.name for f in view.features]},
+        ).scalars()
+        fields = {f.name: f for f in view.features}
+        encoded, rows = [], []
+        for i, name in enumerate(names):
+            value, text = value_sql(fields[name].dtype.to_value_type(), name)
+            encoded.append(f"{value} AS e{i}, {text} AS t{i}")
+            rows.append(f"({literal(name)}, m.e{i}, m.t{i})")
+        month_part = (
+            f"SELECT m.entity_key, f.feature_name, f.value, f.value_text, m.event_ts, "
+            f"now() AS created_ts FROM (SELECT entity_key, event_ts, {', '.join(encoded)} "
+            f"FROM month_rows OFFSET 0) m CROSS JOIN LATERAL (VALUES {', '.join(rows)}) "
+            "f(feature_name, value, value_text)"
+        )
+        # Then every row of the live table this window does not replace.
         kept_part = (
             f"SELECT o.entity_key, o.feature_name, o.value, o.value_text, o.event_ts, "
             f"o.created_ts FROM {live} o WHERE o.event_ts >= :end "
@@ -197,7 +206,7 @@ def stage_view(
         total = conn.execute(
             sa.text(
                 f"CREATE TABLE {staged} {NO_AUTOVACUUM} AS "
-                + _in_columns_of(live_columns, " UNION ALL ".join([*month_parts, kept_part]))
+                + _in_columns_of(live_columns, f"{month_part} UNION ALL {kept_part}")
             ),
             params,
         ).rowcount
