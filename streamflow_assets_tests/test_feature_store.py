@@ -802,6 +802,44 @@ def test_a_redis_that_does_not_answer_is_named_and_nothing_changes(new_warehouse
     )
 
 
+def test_online_tables_swapped_in_are_the_ones_feast_created(new_warehouse):
+    """A month's online tables are built beside Feast's and swapped in: the same columns (types
+    and NOT NULL), primary keys and indexes, under the same names, as `feast apply` made."""
+    warehouse = new_warehouse()
+    before_online = dg.AssetSelection.groups(*FAULT_GROUPS) - dg.AssetSelection.assets(
+        "online_features"
+    )
+    warehouse.load("2024-01", selection=before_online)
+    store = feature_store(Settings.from_env())
+    schema = store.config.online_store.db_schema
+
+    def layout() -> dict[str, list[tuple]]:
+        queries = {
+            "columns": "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), "
+            "a.attnotnull FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "WHERE c.relnamespace = to_regnamespace(:s) AND c.relkind = 'r' AND a.attnum > 0 "
+            "AND NOT a.attisdropped ORDER BY 1, a.attnum",
+            "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = :s ORDER BY 1, 2",
+            "constraints": "SELECT conrelid::regclass::text, conname, contype, "
+            "pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = to_regnamespace(:s) ORDER BY 1, 2",
+        }
+        return {
+            name: [tuple(row) for row in warehouse.frame(query, s=schema).itertuples(index=False)]
+            for name, query in queries.items()
+        }
+
+    applied = layout()
+    assert {row[2] for row in applied["constraints"]} == {"p"}
+    assert any(not_null for *_, not_null in applied["columns"])
+    warehouse.load("2024-01", selection="online_features")
+    for view in store.list_feature_views():
+        table = ".".join(online_table(store.config, view))
+        assert warehouse.frame(f"SELECT count(*) AS n FROM {table}").n[0] > 0, table
+    assert layout() == applied
+
+
 def test_swapped_in_tables_are_analyzed_by_their_builder_and_left_alone_by_autovacuum(
     new_warehouse,
 ):
