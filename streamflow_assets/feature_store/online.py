@@ -3,7 +3,8 @@
 Feast's own `materialize()` turns every (user, feature) into a protobuf in Python and writes them
 with executemany (1M users x 14 features: 430 s here). This writes the same rows — the entity key
 serialized as Feast's version 3, each value as the serialized `feast.types.Value` protobuf, the
-same table and indexes — with one INSERT ... SELECT per feature view, encoding inside PostgreSQL.
+same table and indexes — with one CREATE TABLE AS per feature view, encoding inside PostgreSQL
+and writing each user's rows in the primary key's order, so the indexes are built from sorted rows.
 The encoders are checked byte for byte against Feast's serializers in the tests, and values are
 read back through `FeatureStore.get_online_features`.
 
