@@ -64,6 +64,7 @@ from streamflow_assets.report import (
 )
 from streamflow_assets.settings import Settings, add_months
 from streamflow_assets.sql import copy_in, ident
+from streamflow_assets.streams import read_ahead
 from streamflow_assets.table_specs import LABELS
 
 SEED = 7
@@ -111,7 +112,11 @@ def feature_frame(records: pd.DataFrame | list[dict], features: Features) -> pd.
     for name in features.categorical:
         out[name] = frame[name].astype(object).where(frame[name].notna(), None)
     for name in features.numeric:
-        out[name] = pd.to_numeric(frame[name].astype(object), errors="coerce").astype("float64")
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column):  # a CSV's column: no value to coerce
+            out[name] = column.astype("float64")
+        else:  # None, booleans and numbers mixed (the API's dicts)
+            out[name] = pd.to_numeric(column.astype(object), errors="coerce").astype("float64")
     return out
 
 
@@ -610,7 +615,7 @@ def score_month(engine: Engine, settings: Settings, partition: str) -> StepResul
 
     with engine.begin() as conn:
         conn.execute(sa.text(f"DELETE FROM {table} WHERE as_of = :a"), {"a": as_of(partition)})
-        copy_in(conn, table, SCORE_COLUMNS, scored_chunks())
+        copy_in(conn, table, SCORE_COLUMNS, read_ahead(scored_chunks(), name="churn-scores"))
     return StepResult(
         [verify_scores(engine, partition, model.version)],
         {

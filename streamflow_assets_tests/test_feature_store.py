@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -550,34 +549,6 @@ def test_unexpected_empty_feature_fails_the_check_and_writes_nothing(new_warehou
         "no_unexpected_null_feature": False,
         "label_rate_in_range": True,
     }
-
-
-def test_blocks_read_ahead_arrive_in_order_with_the_producers_error_and_stop_their_query():
-    """The training query runs in a thread of its own, ahead of the transform and the CSV:
-    its blocks come in order, its error comes where it happened, and a reader that stops
-    early ends it (its generator is closed in its thread, which ends)."""
-    closed = []
-
-    def blocks(fail_after=None):
-        try:
-            for i in range(10):
-                if i == fail_after:
-                    raise psycopg.errors.QueryCanceled("canceling statement due to user request")
-                yield pa.table({"i": [i]})
-        finally:
-            closed.append(threading.current_thread().name)
-
-    assert [b["i"][0].as_py() for b in training._read_ahead(blocks())] == list(range(10))
-    got = []
-    with pytest.raises(psycopg.errors.QueryCanceled, match="canceling statement"):
-        for block in training._read_ahead(blocks(fail_after=3)):
-            got.append(block["i"][0].as_py())
-    assert got == [0, 1, 2]
-    reader = training._read_ahead(blocks(), depth=1)
-    assert next(reader)["i"][0].as_py() == 0
-    reader.close()
-    assert closed == ["training-query"] * 3
-    assert not [t for t in threading.enumerate() if t.name == "training-query"]
 
 
 def test_a_block_that_cannot_be_written_fails_the_write(tmp_path):

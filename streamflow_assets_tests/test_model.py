@@ -23,7 +23,7 @@ from streamflow_assets.feature_store.training import (
     read_training_sample,
     training_path,
 )
-from streamflow_assets.model import calibration_outcome, load
+from streamflow_assets.model import LoadedModel, calibration_outcome, load
 from streamflow_assets.model_registry import MODEL_NAME, Registry, RegistryError
 from streamflow_assets.settings import Settings
 from streamflow_assets_tests.conftest import (
@@ -176,6 +176,29 @@ def test_scores_come_from_the_champion_as_of_each_month_and_rerun_idempotently(
     monkeypatch.setattr(training, "CSV_CHUNK_ROWS", 97)
     result = modelled.materialize("2024-03", "churn_scores")
     assert result.success, failure_text(result)
+    pd.testing.assert_frame_equal(modelled.frame(query), before)
+
+
+def test_an_error_scoring_a_chunk_fails_the_month_and_keeps_its_scores(modelled, monkeypatch):
+    """The month is scored by a thread of its own while the chunks before go into the COPY: an
+    error on the third chunk stops the scoring, fails the run with that error, and leaves the
+    month's scores as they were (none of the chunks already sent)."""
+    query = "SELECT * FROM churn_scores ORDER BY as_of, user_id"
+    before = modelled.frame(query)
+    monkeypatch.setattr(training, "CSV_CHUNK_ROWS", 97)
+    score, chunks = LoadedModel.score, []
+
+    def failing_score(self, records):
+        chunks.append(len(records))
+        if len(chunks) == 3:
+            raise ValueError("Input X contains infinity or a value too large")
+        return score(self, records)
+
+    monkeypatch.setattr(LoadedModel, "score", failing_score)
+    result = modelled.materialize("2024-03", "churn_scores")
+    assert not result.success
+    assert "Input X contains infinity" in failure_text(result)
+    assert chunks == [97, 97, 97]
     pd.testing.assert_frame_equal(modelled.frame(query), before)
 
 

@@ -21,13 +21,11 @@ run in a thread of their own, beside the on-demand transform.
 
 import collections
 import contextlib
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
-from queue import Full, Queue
 
 import numpy as np
 import pandas as pd
@@ -59,6 +57,7 @@ from streamflow_assets.monitoring import (
 from streamflow_assets.months import as_of, event_timestamp, previous_month
 from streamflow_assets.report import CheckOutcome, StepRefused, StepResult, markdown_table
 from streamflow_assets.sql import copy_out_chunks, ident, inline, literal
+from streamflow_assets.streams import read_ahead
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
 
 SNAPSHOT_NAMES = {spec.snapshot.name for spec in SNAPSHOT_TABLES}
@@ -131,7 +130,8 @@ def training_blocks(
     columns = {"user_id": pa.string(), **types, LABEL: pa.bool_()}
     # PostgreSQL produces the next blocks (and Arrow parses them) while this thread transforms
     # and writes the last one.
-    for table in _read_ahead(_copy_out_blocks(engine, inline(engine, query, params), columns)):
+    blocks = _copy_out_blocks(engine, inline(engine, query, params), columns)
+    for table in read_ahead(blocks, name="training-query"):
         table = table.add_column(
             1, ENTITY_TIMESTAMP, pa.array([ts] * table.num_rows, pa.timestamp("us", tz="UTC"))
         )
@@ -220,43 +220,6 @@ def _with_on_demand_features(
         for field in projection.features:
             table = table.append_column(field.name, transformed[field.name])
     return table.append_column(LABEL, label)
-
-
-def _read_ahead(blocks: Generator[pa.Table, None, None], depth: int = 2) -> Iterator[pa.Table]:
-    """`blocks`, produced by a thread of their own up to `depth` ahead of the reader. The
-    reader gets the producer's error where it would have; stopping early closes `blocks` in
-    their thread (ending their query)."""
-    queue: Queue = Queue(depth)
-    stop = threading.Event()
-    end = object()
-
-    def put(item: object) -> bool:
-        """Queue an item unless the reader has stopped; whether it was queued."""
-        while not stop.is_set():
-            with contextlib.suppress(Full):
-                queue.put(item, timeout=0.1)
-                return True
-        return False
-
-    def produce() -> None:
-        try:
-            if all(put(block) for block in blocks):
-                put(end)
-        except BaseException as error:  # handed to the reader, raised there
-            put(error)
-        finally:
-            blocks.close()
-
-    thread = threading.Thread(target=produce, name="training-query", daemon=True)
-    thread.start()
-    try:
-        while (item := queue.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 BLOCK_BYTES = 8 << 20
