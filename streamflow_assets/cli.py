@@ -321,7 +321,8 @@ def bench_scale(sizes, months, seed) -> None:
     """The whole graph month by month at each size: seconds per step, peak RSS, database size."""
     from streamflow_bench.scale import bench_scale
 
-    bench_scale(sorted(sizes), months=months, seed=seed)
+    if not bench_scale(sorted(sizes), months=months, seed=seed):
+        raise SystemExit(1)
 
 
 @main.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from streamflow_assets.embedded import stop_server
+from streamflow_assets_tests.conftest import traversable_tmp_dir
 from streamflow_bench.benchmarks import asyncio_run_load
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
@@ -98,6 +101,38 @@ def test_bench_scale_prints_every_step_the_peak_rss_and_the_ratios(project_env):
     ]
     assert len(rss) == 2 and all(100 < mb < 8_000 for mb in rss)
     assert "900 against 300 users (3.0x)" in out
+
+
+def test_bench_scale_reports_a_server_gone_mid_month_and_exits_1(tmp_path):
+    """The embedded server is stopped as the month's first step ends: the month is reported
+    FAILED with what the run saw, the scratch database left behind is named, and the command
+    exits 1, without a traceback of its own."""
+    home = traversable_tmp_dir("sf-bench-gone-")
+    env = {k: v for k, v in os.environ.items() if k != "STREAMFLOW_DATABASE_URL"}
+    env |= {"STREAMFLOW_HOME": str(home), "STREAMFLOW_FIRST_MONTH": "2024-01"}
+    errors = tmp_path / "stderr"
+    try:
+        with errors.open("w") as stderr:
+            done = subprocess.Popen(
+                [sys.executable, "-m", "streamflow_assets.cli", "bench", "scale",
+                 "--users", "300", "--months", "1"],
+                env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            )  # fmt: skip
+            out = []
+            assert done.stdout is not None
+            for line in done.stdout:
+                out.append(line)
+                if "2024-01 ingest_monthly_drop" in line:
+                    assert stop_server(home)
+            assert done.wait(timeout=300) == 1, "".join(out)
+    finally:
+        stop_server(home)
+        shutil.rmtree(home, ignore_errors=True)
+    text, stderr_text = "".join(out), errors.read_text()
+    assert "2024-01 ingest_monthly_drop" in text
+    assert re.search(r"^  2024-01 FAILED: .*(connect|server|terminat)", text, re.M | re.I), text
+    assert "Traceback" not in stderr_text, stderr_text
+    assert re.search(r"could not drop the scratch database streamflow_bench_\w+", stderr_text)
 
 
 def test_a_childs_peak_rss_is_its_own_not_its_parents():

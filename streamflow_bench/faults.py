@@ -201,8 +201,15 @@ def database(server: URL, name: str, template: str | None = None) -> Iterator[UR
     try:
         yield server.set(database=name)
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {ident(name)} WITH (FORCE)")
+        try:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {ident(name)} WITH (FORCE)")
+        except psycopg.OperationalError as error:  # the server went away: say what is left
+            print(
+                f"could not drop the scratch database {name} ({str(error).strip()}); "
+                "drop it once the server is back",
+                file=sys.stderr,
+            )
 
 
 def fault_scenarios(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import subprocess
@@ -32,11 +33,14 @@ class Month:
     steps: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
-    database_mb: float = 0.0
+    database_mb: float | None = None
+    """None when the server did not answer after the month."""
     failed: str = ""
 
 
-def bench_scale(sizes: list[int], months: int, seed: int) -> None:
+def bench_scale(sizes: list[int], months: int, seed: int) -> bool:
+    """Run and print each size; whether every month succeeded (a size stops at its first
+    failed month, and the sizes after it are not run)."""
     from streamflow_assets.db import database_url
     from streamflow_assets.settings import Settings
 
@@ -46,11 +50,16 @@ def bench_scale(sizes: list[int], months: int, seed: int) -> None:
     for users in sizes:
         results[users] = run_size(server, users, months, seed, settings)
         _print_size(users, results[users])
+        if any(month.failed for month in results[users]):
+            return False
     if len(sizes) >= 2:
         _print_ratios(sizes[0], sizes[-1], results)
+    return True
 
 
 def run_size(server, users: int, months: int, seed: int, settings) -> list[Month]:
+    import psycopg
+
     from streamflow_assets.db import libpq_url
     from streamflow_assets.generator import generate_drops
     from streamflow_assets.months import partition_key
@@ -82,7 +91,10 @@ def run_size(server, users: int, months: int, seed: int, settings) -> list[Month
         for i in range(months):
             partition = partition_key(add_months(settings.first_month, i))
             month = _run_month(partition, env)
-            month.database_mb = _database_mb(url)
+            try:
+                month.database_mb = _database_mb(url)
+            except psycopg.OperationalError as error:  # e.g. the server died in the month
+                month.failed = month.failed or f"the database did not answer: {error}"
             out.append(month)
             if month.failed:
                 print(f"  {partition} FAILED: {month.failed}")
@@ -136,15 +148,24 @@ def _print_size(users: int, months: list[Month]) -> None:
     steps = list(months[0].steps) if months else []
     print(f"{'step':24s}" + "".join(f"{m.partition:>12s}" for m in months))
     for step in steps:
-        print(f"{step:24s}" + "".join(f"{m.steps.get(step, 0):11.1f}s" for m in months))
+        cells = [m.steps.get(step) for m in months]
+        print(f"{step:24s}" + "".join(f"{v:11.1f}s" if _ended(v) else f"{'-':>12s}" for v in cells))
     rows = (
         ("whole month (process)", lambda m: f"{m.seconds:11.1f}s"),
         ("users", lambda m: f"{m.users:12,}"),
         ("peak RSS of the run", lambda m: f"{m.peak_rss_mb:9,.0f} MB"),
-        ("database size", lambda m: f"{m.database_mb:9,.0f} MB"),
+        (
+            "database size",
+            lambda m: f"{m.database_mb:9,.0f} MB" if m.database_mb is not None else f"{'-':>12s}",
+        ),
     )
     for label, cell in rows:
         print(f"{label:24s}" + "".join(cell(m) for m in months))
+
+
+def _ended(seconds: float | None) -> bool:
+    """Whether a step ended (it has seconds); a failed step's are NaN, a step not run has none."""
+    return seconds is not None and not math.isnan(seconds)
 
 
 def _print_ratios(small: int, large: int, results: dict[int, list[Month]]) -> None:
@@ -184,8 +205,9 @@ def main(partition: str) -> int:
     def step_done(step: str, ok: bool, seconds: float | None) -> None:
         steps[step] = seconds if seconds is not None else float("nan")
         rss = peak_rss_mb()
+        took = f"{seconds:8.1f} s" if _ended(seconds) else f"{'-':>8s}  "
         print(
-            f"{_PROGRESS}  {partition} {step:24s} {steps[step]:8.1f} s"
+            f"{_PROGRESS}  {partition} {step:24s} {took}"
             f"{'' if ok else '  FAILED'}  (peak RSS so far {rss:,.0f} MB)",
             flush=True,
         )
