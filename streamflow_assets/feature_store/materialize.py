@@ -59,7 +59,9 @@ def materialize_month(
         leftovers = drop_staged(engine, tables)
         with ThreadPoolExecutor(WRITE_THREADS) as pool:
             written = list(
-                pool.map(lambda v: stage_view(engine, store.config, v, start, end), views)
+                pool.map(
+                    lambda v: stage_view(engine, store.config, v, start, end), largest_first(views)
+                )
             )
         failpoint("online.staged")
         published = publish(engine, tables, month)
@@ -74,6 +76,13 @@ def materialize_month(
         "leftovers of a killed write dropped": leftovers or "none",
         "by feature view": markdown_table(list(written[0]), [list(w.values()) for w in written]),
     }
+
+
+def largest_first(views: list[FeatureView]) -> list[FeatureView]:
+    """The views in the order their tables are best built by a few threads: most features (rows
+    per user) first, so that the small ones fill the gaps at the end instead of running alone
+    (10M users: the one-feature view used to be last, alone on one core for 30 s)."""
+    return sorted(views, key=lambda v: (-len(v.features), v.name))
 
 
 def in_read_order(store: FeatureStore, views: list[FeatureView]) -> list[FeatureView]:

@@ -161,7 +161,7 @@ def stage_view(
             else ""
         )
         # The window's rows, each user's entity key serialized once.
-        conn.execute(
+        users = conn.execute(
             sa.text(
                 f"CREATE TEMP TABLE month_rows ON COMMIT DROP AS "
                 f"SELECT {ek} AS entity_key, s.{ts} AS event_ts, {columns} "
@@ -169,9 +169,8 @@ def stage_view(
                 f"WHERE s.{ts} >= :start AND s.{ts} < :end{keep_newer} ORDER BY 1"
             ),
             params,
-        )
+        ).rowcount
         conn.execute(sa.text("ANALYZE month_rows"))
-        users = conn.execute(sa.text("SELECT count(*) FROM month_rows")).scalar_one()
         # Each user's rows one after the other, in the primary key's order (users in entity key
         # order, then the features as PostgreSQL sorts their names), every value encoded in
         # place: the indexes are then built from sorted rows (1M users: the two B-trees of a
