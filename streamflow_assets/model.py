@@ -55,7 +55,13 @@ from streamflow_assets.feature_store.training import (
     training_path,
 )
 from streamflow_assets.model_registry import Candidate, Decision, Registry
-from streamflow_assets.months import as_of, month_of, months_between, previous_month
+from streamflow_assets.months import (
+    as_of,
+    month_of,
+    months_between,
+    partition_key,
+    previous_month,
+)
 from streamflow_assets.report import (
     CheckOutcome,
     MissingInputError,
@@ -63,9 +69,10 @@ from streamflow_assets.report import (
     markdown_table,
 )
 from streamflow_assets.settings import Settings, add_months
-from streamflow_assets.sql import copy_in, ident
+from streamflow_assets.sql import NO_AUTOVACUUM, copy_in, ident, literal, replace_table
 from streamflow_assets.streams import read_ahead
 from streamflow_assets.table_specs import LABELS
+from streamflow_assets.warehouse import STAGING_SCHEMA, month_name, staging_name
 
 SEED = 7
 MAX_TRAINING_ROWS = 500_000
@@ -84,6 +91,8 @@ HGB_PARAMS = (
 """The model's settings recorded with each candidate."""
 SCORES_TABLE = "churn_scores"
 SCORE_COLUMNS = ["user_id", "as_of", "score", "model_version"]
+SCORE_MONTHS_SCHEMA = "score_months"
+"""The monthly partitions of churn_scores."""
 
 
 @dataclass(frozen=True)
@@ -558,6 +567,49 @@ def verify_scores(engine: Engine, partition: str, expected_version: str | None) 
     )
 
 
+def ensure_scores_table(engine: Engine) -> None:
+    """churn_scores, one partition per month (as_of) in SCORE_MONTHS_SCHEMA. A table from before
+    the partitions (one table for every month's rows) is converted once, rows unchanged."""
+    table = ident(SCORES_TABLE)
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('streamflow:ddl'))"))
+        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(STAGING_SCHEMA)}"))
+        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(SCORE_MONTHS_SCHEMA)}"))
+        kind = conn.execute(
+            sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:t)"),
+            {"t": f"public.{SCORES_TABLE}"},
+        ).scalar()
+        before = f"{SCORES_TABLE}_unpartitioned"
+        old = ident(before)
+        if kind == "r":  # out of the way, its primary key's name too (the new table's)
+            conn.execute(sa.text(f"ALTER TABLE {table} RENAME TO {old}"))
+            conn.execute(
+                sa.text(
+                    f"ALTER TABLE {old} RENAME CONSTRAINT {ident(SCORES_TABLE + '_pkey')} "
+                    f"TO {ident(before + '_pkey')}"
+                )
+            )
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE IF NOT EXISTS {table} (user_id TEXT NOT NULL, "
+                "as_of DATE NOT NULL, score DOUBLE PRECISION NOT NULL, "
+                "model_version TEXT NOT NULL, PRIMARY KEY (user_id, as_of)) "
+                "PARTITION BY LIST (as_of)"
+            )
+        )
+        if kind == "r":
+            for (day,) in conn.execute(sa.text(f"SELECT DISTINCT as_of FROM {old} ORDER BY 1")):
+                name = month_name(SCORES_TABLE, partition_key(day))
+                conn.execute(
+                    sa.text(
+                        f"CREATE TABLE {ident(SCORE_MONTHS_SCHEMA, name)} PARTITION OF {table} "
+                        f"FOR VALUES IN ({literal(day)})"
+                    )
+                )
+            conn.execute(sa.text(f"INSERT INTO {table} SELECT * FROM {old}"))
+            conn.execute(sa.text(f"DROP TABLE {old}"))
+
+
 def score_month(engine: Engine, settings: Settings, partition: str) -> StepResult:
     """Score every user of the month with the champion as of the month into table churn_scores,
     replacing exactly that month's rows, and check what was written. With no champion as of the
@@ -567,18 +619,11 @@ def score_month(engine: Engine, settings: Settings, partition: str) -> StepResul
     if partition not in decisions:
         raise MissingInputError(f"no churn_model for {partition}: materialize churn_model first")
     champion = registry.champion_as_of(partition, decisions)
-    table = ident(SCORES_TABLE)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                f"CREATE TABLE IF NOT EXISTS {table} (user_id TEXT NOT NULL, "
-                "as_of DATE NOT NULL, score DOUBLE PRECISION NOT NULL, "
-                "model_version TEXT NOT NULL, PRIMARY KEY (user_id, as_of))"
-            )
-        )
+    ensure_scores_table(engine)
+    part = ident(SCORE_MONTHS_SCHEMA, month_name(SCORES_TABLE, partition))
     if champion is None:
         with engine.begin() as conn:
-            conn.execute(sa.text(f"DELETE FROM {table} WHERE as_of = :a"), {"a": as_of(partition)})
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {part}"))
         return StepResult(
             [verify_scores(engine, partition, None)],
             {
@@ -613,9 +658,29 @@ def score_month(engine: Engine, settings: Settings, partition: str) -> StepResul
             preview = scores.head(5) if preview is None else preview
             yield buffer.getvalue()
 
+    # The month's partition is built beside the table and swapped in, all in one transaction:
+    # a new table takes the COPY without index upkeep (or, on the embedded server, WAL), and
+    # its primary key is built once, from the training CSV's rows in user order. A failed
+    # month leaves the partition it had.
+    staged = staging_name(SCORES_TABLE, partition, "scores")
+    target = ident(STAGING_SCHEMA, staged)
+    month = literal(as_of(partition))
     with engine.begin() as conn:
-        conn.execute(sa.text(f"DELETE FROM {table} WHERE as_of = :a"), {"a": as_of(partition)})
-        copy_in(conn, table, SCORE_COLUMNS, read_ahead(scored_chunks(), name="churn-scores"))
+        conn.execute(sa.text(f"CREATE TABLE {target} (LIKE {ident(SCORES_TABLE)}) {NO_AUTOVACUUM}"))
+        copy_in(conn, target, SCORE_COLUMNS, read_ahead(scored_chunks(), name="churn-scores"))
+        conn.execute(sa.text(f"ALTER TABLE {target} ADD PRIMARY KEY (user_id, as_of)"))
+        conn.execute(sa.text(f"ALTER TABLE {target} ADD CHECK (as_of = {month})"))  # no scan
+        conn.execute(sa.text(f"ANALYZE {target}"))  # autovacuum never will (NO_AUTOVACUUM)
+        replace_table(
+            conn,
+            (STAGING_SCHEMA, staged),
+            (SCORE_MONTHS_SCHEMA, month_name(SCORES_TABLE, partition)),
+        )
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE {ident(SCORES_TABLE)} ATTACH PARTITION {part} FOR VALUES IN ({month})"
+            )
+        )
     return StepResult(
         [verify_scores(engine, partition, model.version)],
         {

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from streamflow_assets.definitions import defs
 from streamflow_assets.feature_store import training
@@ -200,6 +201,35 @@ def test_an_error_scoring_a_chunk_fails_the_month_and_keeps_its_scores(modelled,
     assert "Input X contains infinity" in failure_text(result)
     assert chunks == [97, 97, 97]
     pd.testing.assert_frame_equal(modelled.frame(query), before)
+
+
+def test_a_scores_table_from_before_the_partitions_is_converted_with_its_rows(modelled):
+    """churn_scores used to be one plain table for every month: the next scoring converts it to
+    a partition per month, every row kept, and replaces only its own month's."""
+    query = "SELECT * FROM churn_scores ORDER BY as_of, user_id"
+    before = modelled.frame(query)
+    with modelled.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE plain AS SELECT * FROM churn_scores"))
+        conn.execute(sa.text("DROP TABLE churn_scores"))
+        conn.execute(sa.text("ALTER TABLE plain RENAME TO churn_scores"))
+        conn.execute(sa.text("ALTER TABLE churn_scores ADD PRIMARY KEY (user_id, as_of)"))
+        # a month no run will touch, and an old score of the month the run replaces
+        conn.execute(sa.text("UPDATE churn_scores SET score = 0.5 WHERE as_of = '2024-03-31'"))
+    result = modelled.materialize("2024-03", "churn_scores")
+    assert result.success, failure_text(result)
+    pd.testing.assert_frame_equal(modelled.frame(query), before)
+    partitions = modelled.frame(
+        "SELECT c.relnamespace::regnamespace::text AS schema, c.relname AS name, "
+        "pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'churn_scores'::regclass ORDER BY 2"
+    )
+    assert partitions.to_dict("records") == [
+        {"schema": "score_months", "name": f"churn_scores_{m.replace('-', '_')}",
+         "bound": f"FOR VALUES IN ('{pd.Period(m).end_time.date()}')"}
+        for m in MONTHS
+    ]  # fmt: skip
+    assert not modelled.frame("SELECT to_regclass('churn_scores_unpartitioned') AS t")["t"][0]
 
 
 def other_version(reg: Registry, champion) -> object:
