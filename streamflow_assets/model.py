@@ -72,7 +72,13 @@ from streamflow_assets.settings import Settings, add_months
 from streamflow_assets.sql import NO_AUTOVACUUM, copy_in, ident, literal, replace_table
 from streamflow_assets.streams import read_ahead
 from streamflow_assets.table_specs import LABELS
-from streamflow_assets.warehouse import STAGING_SCHEMA, month_name, staging_name
+from streamflow_assets.warehouse import (
+    SCORE_MONTHS_SCHEMA,
+    STAGING_SCHEMA,
+    ddl_transaction,
+    month_name,
+    staging_name,
+)
 
 SEED = 7
 MAX_TRAINING_ROWS = 500_000
@@ -91,8 +97,6 @@ HGB_PARAMS = (
 """The model's settings recorded with each candidate."""
 SCORES_TABLE = "churn_scores"
 SCORE_COLUMNS = ["user_id", "as_of", "score", "model_version"]
-SCORE_MONTHS_SCHEMA = "score_months"
-"""The monthly partitions of churn_scores."""
 
 
 @dataclass(frozen=True)
@@ -571,10 +575,7 @@ def ensure_scores_table(engine: Engine) -> None:
     """churn_scores, one partition per month (as_of) in SCORE_MONTHS_SCHEMA. A table from before
     the partitions (one table for every month's rows) is converted once, rows unchanged."""
     table = ident(SCORES_TABLE)
-    with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('streamflow:ddl'))"))
-        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(STAGING_SCHEMA)}"))
-        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(SCORE_MONTHS_SCHEMA)}"))
+    with ddl_transaction(engine) as conn:
         kind = conn.execute(
             sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:t)"),
             {"t": f"public.{SCORES_TABLE}"},
@@ -620,7 +621,8 @@ def score_month(engine: Engine, settings: Settings, partition: str) -> StepResul
         raise MissingInputError(f"no churn_model for {partition}: materialize churn_model first")
     champion = registry.champion_as_of(partition, decisions)
     ensure_scores_table(engine)
-    part = ident(SCORE_MONTHS_SCHEMA, month_name(SCORES_TABLE, partition))
+    part_name = month_name(SCORES_TABLE, partition)
+    part = ident(SCORE_MONTHS_SCHEMA, part_name)
     if champion is None:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {part}"))
@@ -672,11 +674,7 @@ def score_month(engine: Engine, settings: Settings, partition: str) -> StepResul
         # Proves the partition bound, so ATTACH needs no scan.
         conn.execute(sa.text(f"ALTER TABLE {target} ADD CHECK (as_of = {month})"))
         conn.execute(sa.text(f"ANALYZE {target}"))  # autovacuum never will (NO_AUTOVACUUM)
-        replace_table(
-            conn,
-            (STAGING_SCHEMA, staged),
-            (SCORE_MONTHS_SCHEMA, month_name(SCORES_TABLE, partition)),
-        )
+        replace_table(conn, (STAGING_SCHEMA, staged), (SCORE_MONTHS_SCHEMA, part_name))
         conn.execute(
             sa.text(
                 f"ALTER TABLE {ident(SCORES_TABLE)} ATTACH PARTITION {part} FOR VALUES IN ({month})"

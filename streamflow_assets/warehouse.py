@@ -12,11 +12,13 @@ Identifiers only ever come from the table specs and from partition keys Dagster 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
+from collections.abc import Iterator
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from streamflow_assets.sql import advisory_lock, ident
 from streamflow_assets.table_specs import Column, SqlType, TableSpec
@@ -25,6 +27,8 @@ DROPS_SCHEMA = "drops"
 STAGING_SCHEMA = "streamflow_staging"
 SNAPSHOT_MONTHS_SCHEMA = "snapshot_months"
 """The monthly partitions of the snapshot tables."""
+SCORE_MONTHS_SCHEMA = "score_months"
+"""The monthly partitions of the churn model's scores (`churn_scores`)."""
 
 PG_TYPES: dict[SqlType, str] = {
     "TEXT": "text",
@@ -80,13 +84,20 @@ def snapshot_table_ddl(spec: TableSpec) -> str:
 ) PARTITION BY LIST (as_of)"""
 
 
+@contextlib.contextmanager
+def ddl_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that creates or changes tables, the project's schemas in place, one such
+    transaction at a time: runs of different partitions may create the same tables at once."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('streamflow:ddl'))"))
+        for schema in (DROPS_SCHEMA, STAGING_SCHEMA, SNAPSHOT_MONTHS_SCHEMA, SCORE_MONTHS_SCHEMA):
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}"))
+        yield conn
+
+
 def ensure_tables(engine: Engine, *ddl: str) -> None:
     """Create the schemas and the given tables if missing."""
-    with engine.begin() as conn:
-        # Runs of different partitions may create the same tables at once.
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('streamflow:ddl'))"))
-        for schema in (DROPS_SCHEMA, STAGING_SCHEMA, SNAPSHOT_MONTHS_SCHEMA):
-            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}"))
+    with ddl_transaction(engine) as conn:
         for statement in ddl:
             conn.execute(sa.text(statement))
 
