@@ -224,15 +224,27 @@ def background_session(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         try:
             with conn.begin():
-                if lower_server_priority(conn):
-                    cpus = conn.get_execution_options().get(BACKGROUND_CPUS_OPTION)
-                    if cpus is not None:
-                        limit_server_cpu(conn, cpus)
+                conn.info[HELD_BACK] = _hold_back(conn)
                 conn.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))
                 conn.execute(sa.text("SET LOCAL max_parallel_maintenance_workers = 0"))
                 yield conn
         finally:
             conn.invalidate()
+
+
+HELD_BACK = "streamflow: held back"
+"""The key of a background session's `Connection.info` that says how it was held back."""
+
+
+def _hold_back(conn: Connection) -> str:
+    """Lower the session's server process's priority and, with a CPU limit on the engine, put it
+    in the limit's cgroup; what was done, in words."""
+    if not lower_server_priority(conn):
+        return "none: the server is not a process of this machine that we may renice"
+    cpus = conn.get_execution_options().get(BACKGROUND_CPUS_OPTION)
+    if cpus is None:
+        return "none (nice and the idle policy only)"
+    return limit_server_cpu(conn, cpus)
 
 
 def lower_server_priority(conn: Connection) -> bool:
@@ -277,22 +289,22 @@ def limit_server_cpu(conn: Connection, cpus: float) -> str:
     scheduling of its vCPUs), while the same work in slices of a few milliseconds does not."""
     procs, where = cpu_group(cpus)
     pid = _local_server_pid(conn)
+    not_applied = f"{cpus:g} CPU asked, not applied"
     if procs is None or pid is None:
-        return f"not limited: {where if procs is None else 'not a process of this machine'}"
+        return f"{not_applied}: {where if procs is None else 'not a process of this machine'}"
     try:
         procs.write_text(str(pid))
     except OSError as exc:
-        return f"not limited: {procs} not writable ({exc.strerror})"
+        return f"{not_applied}: {procs} not writable ({exc.strerror})"
     return where
 
 
 def background_cpu_limit(engine: Engine) -> str:
-    """What holds the engine's background sessions back, for a run's metadata."""
-    cpus = engine.get_execution_options().get(BACKGROUND_CPUS_OPTION)
-    if cpus is None:
-        return "none (nice and the idle policy only)"
-    procs, where = cpu_group(cpus)
-    return where if procs is not None else f"{cpus:g} CPU asked, not applied: {where}"
+    """What holds the engine's background sessions back, for a run's metadata: asked of a
+    background session of its own, which is held back as every one of them is (the setting alone
+    would not say whether the server is a process of this machine, or the cgroup ours)."""
+    with background_session(engine) as conn:
+        return conn.info[HELD_BACK]
 
 
 def cpu_group(cpus: float) -> tuple[Path | None, str]:

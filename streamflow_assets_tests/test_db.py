@@ -19,6 +19,7 @@ from streamflow_assets.sql import (
     BACKGROUND_CPUS_OPTION,
     BACKGROUND_NICE,
     CPU_GROUP,
+    background_cpu_limit,
     background_session,
     cpu_group,
 )
@@ -125,6 +126,8 @@ def test_a_background_session_runs_niced_and_is_not_pooled(settings):
         other = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         assert other != backend
         assert os.getpriority(os.PRIO_PROCESS, other) == 0
+    # What a run's metadata says of it: asked of a background session.
+    assert background_cpu_limit(engine) == "none (nice and the idle policy only)"
 
 
 def test_a_cpu_limit_puts_background_sessions_in_one_throttled_cgroup(settings):
@@ -151,6 +154,7 @@ def test_a_cpu_limit_puts_background_sessions_in_one_throttled_cgroup(settings):
         # About 0.3 s of CPU at 0.25 CPU: the kernel stops it in many of its 20 ms periods.
         conn.execute(sa.text("SELECT sum(i) FROM generate_series(1, 3000000) i"))
     assert throttled() > before
+    assert background_cpu_limit(engine) == where == f"0.25 CPU (cgroup {procs.parent})"
     with get_engine(settings).connect() as conn:
         other = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         assert f"/{CPU_GROUP}" not in Path(f"/proc/{other}/cgroup").read_text()
