@@ -239,30 +239,31 @@ HELD_BACK = "streamflow: held back"
 def _hold_back(conn: Connection) -> str:
     """Lower the session's server process's priority and, with a CPU limit on the engine, put it
     in the limit's cgroup; what was done, in words."""
-    if not lower_server_priority(conn):
+    pid = lower_server_priority(conn)
+    if pid is None:
         return "none: the server is not a process of this machine that we may renice"
     cpus = conn.get_execution_options().get(BACKGROUND_CPUS_OPTION)
     if cpus is None:
         return "none (nice and the idle policy only)"
-    return limit_server_cpu(conn, cpus)
+    return limit_server_cpu(pid, cpus)
 
 
-def lower_server_priority(conn: Connection) -> bool:
-    """Renice this session's server process, if it is a process of this machine; whether it
-    was. The process is identified by its pid and checked by its title, which names this
-    session's client address and port (a server in a container has pids of its own)."""
+def lower_server_priority(conn: Connection) -> int | None:
+    """Renice this session's server process, if it is a process of this machine; its pid when
+    it was, None otherwise. The process is identified by its pid and checked by its title, which
+    names this session's client address and port (a server in a container has pids of its own)."""
     pid = _local_server_pid(conn)
     if pid is None:
-        return False
+        return None
     try:
         os.setpriority(os.PRIO_PROCESS, pid, BACKGROUND_NICE)
     except OSError:  # not ours to renice, gone
-        return False
+        return None
     with contextlib.suppress(OSError, AttributeError):
         # Linux's idle policy on top: a waking reader's process runs at once instead of after
         # the bulk process's time slice (nice alone shares the CPU, not the wake-up latency).
         os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-    return True
+    return pid
 
 
 def _local_server_pid(conn: Connection) -> int | None:
@@ -280,18 +281,17 @@ def _local_server_pid(conn: Connection) -> int | None:
     return pid
 
 
-def limit_server_cpu(conn: Connection, cpus: float) -> str:
-    """Put this session's server process (a process of this machine) in the cgroup that holds
-    background sessions to `cpus` CPUs together; where it went, or why it could not.
+def limit_server_cpu(pid: int, cpus: float) -> str:
+    """Put a session's server process (`pid`, a process of this machine) in the cgroup that
+    holds background sessions to `cpus` CPUs together; where it went, or why it could not.
 
     Nice and the idle policy are not enough on a small machine: even work at the idle policy
     doubles the API's p99 on two cores (shared caches, and on a virtual machine the host's
     scheduling of its vCPUs), while the same work in slices of a few milliseconds does not."""
     procs, where = cpu_group(cpus)
-    pid = _local_server_pid(conn)
     not_applied = f"{cpus:g} CPU asked, not applied"
-    if procs is None or pid is None:
-        return f"{not_applied}: {where if procs is None else 'not a process of this machine'}"
+    if procs is None:
+        return f"{not_applied}: {where}"
     try:
         procs.write_text(str(pid))
     except OSError as exc:
