@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pandas as pd
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamflow_assets.db import libpq_url
+from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.model_registry import Registry
 from streamflow_assets.serving.app import EXAMPLE_USER, EXAMPLE_USERS
 from streamflow_assets.settings import Settings
@@ -157,6 +159,42 @@ def test_batch_lists_unknown_ids_separately_and_answers_repeats_once(api, seed_d
 )
 def test_bad_batch_is_422(api, payload):
     assert api.post("/features", json=payload).status_code == 422
+
+
+def test_every_answer_is_what_feast_reads(api, served, seed_drops):
+    """Every user of the two months, answered by one batch, against Feast's own reading of the
+    same users (`get_online_features(...).to_dict()`): each value with its type, each view's
+    month, the same users known — the API reads Feast's response its own faster way."""
+    _, warehouse = served
+    warehouse.activate()
+    users = sorted(
+        set(read_month(seed_drops, 0, "users")["user_id"])
+        | set(read_month(seed_drops, 1, "users")["user_id"])
+    )
+    body = api.post("/features", json={"user_ids": users}).json()
+    store = feature_store(Settings.from_env())
+    service = store.get_feature_service(FEATURE_SERVICE)
+    feast = store.get_online_features(
+        features=service, entity_rows=[{"user_id": u} for u in users]
+    ).to_dict(include_event_timestamps=True)
+    on_demand = {v.name for v in store.list_on_demand_feature_views()}
+    views = {p.name: p.features[0].name for p in service.feature_view_projections}
+    answered = {u["user_id"]: u for u in body["users"]}
+    assert body["unknown_user_ids"] == [] and sorted(answered) == users
+    for i, user in enumerate(users):
+        features = answered[user]["features"]
+        assert set(features) == set(feast) - {"user_id"} - {k for k in feast if k.endswith("__ts")}
+        for name, value in features.items():
+            expected = feast[name][i]
+            assert value == expected and type(value) is type(expected), (user, name, value)
+        months = {
+            view: datetime.fromtimestamp(feast[f"{feature}__ts"][i], UTC).date().isoformat()
+            for view, feature in views.items()
+            if view not in on_demand and feast[f"{feature}__ts"][i]
+        }
+        assert answered[user]["feature_views"] == months, user
+    # Users who left in February (their January values) are among them.
+    assert len({u["as_of"] for u in answered.values()}) == 2
 
 
 def test_a_full_batch_of_1000_is_answered(api, seed_drops):

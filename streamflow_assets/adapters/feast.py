@@ -45,6 +45,7 @@ __all__ = [
     "apply_plan",
     "batched_read_rows",
     "entity_key_prefix",
+    "online_columns",
     "online_table_name",
     "parse_repo",
     "redis_client",
@@ -86,6 +87,13 @@ def check(installed: str | None = None) -> None:
         and hasattr(_online_helpers, "_mmh3")
         and hasattr(redis, "_versioned_fv_name"),
     )
+    from feast.online_response import OnlineResponse
+
+    private_detail(
+        "feast",
+        "OnlineResponse keeps its features' value types in _feature_types",
+        "_feature_types" in inspect.getsource(OnlineResponse.__init__),
+    )
     params = list(inspect.signature(serialize_entity_key).parameters)
     private_detail(
         "feast",
@@ -118,6 +126,41 @@ def batched_read_rows(config: RepoConfig) -> int:
 
     default = postgres.MAX_BATCHED_RESULT_ROWS
     return int(getattr(config.online_store, "max_batched_result_rows", default))
+
+
+_PLAIN_VALUES = frozenset(
+    {"int32_val", "int64_val", "float_val", "double_val", "string_val", "bool_val"}
+)
+"""`feast.types.Value` members whose Python value is the protobuf's own (no conversion)."""
+_CONVERTED_STRINGS = frozenset({ValueType.UUID, ValueType.TIME_UUID})
+"""Value types Feast stores as strings but hands back converted."""
+
+
+def online_columns(response) -> dict[str, list]:
+    """`OnlineResponse.to_dict(include_event_timestamps=True)`, a third of the time: plain
+    values (numbers, strings, booleans) come straight off the protobuf; every other kind goes
+    through Feast's own converter, as in `to_dict` (2.2 vs 0.7 ms for 100 users' 17 features)."""
+    from feast.online_response import TIMESTAMP_POSTFIX
+    from feast.type_map import feast_value_type_to_python_type as convert
+
+    columns: dict[str, list] = {}
+    types = response._feature_types
+    proto = response.proto
+    for name, vector in zip(proto.metadata.feature_names.val, proto.results, strict=True):
+        kind = types.get(name)
+        if kind in _CONVERTED_STRINGS:
+            columns[name] = [convert(v, kind) for v in vector.values]
+        else:
+            columns[name] = [
+                getattr(v, which)
+                if (which := v.WhichOneof("val")) in _PLAIN_VALUES
+                else None
+                if which is None
+                else convert(v, kind)
+                for v in vector.values
+            ]
+        columns[name + TIMESTAMP_POSTFIX] = [ts.seconds for ts in vector.event_timestamps]
+    return columns
 
 
 def online_table_name(config: RepoConfig, view: FeatureView) -> str:

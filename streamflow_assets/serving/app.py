@@ -26,7 +26,7 @@ from feast.errors import FeatureServiceNotFoundException
 from pydantic import BaseModel, Field, StringConstraints
 from threadpoolctl import threadpool_limits
 
-from streamflow_assets.adapters.feast import batched_read_rows, type_checks_off
+from streamflow_assets.adapters.feast import batched_read_rows, online_columns, type_checks_off
 from streamflow_assets.db import get_engine
 from streamflow_assets.feature_store.online import published_months
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
@@ -153,6 +153,8 @@ class Online:
             if p.name not in on_demand
             for f in p.features
         }
+        # All of a view's features carry its row's event time: one of them tells the view's.
+        self.stamp_of = {view: f"{feature}__ts" for feature, view in self.view_of.items()}
         self.batched_rows = batched_read_rows(store.config)
         self.ttl_days = {
             view.name: view.ttl.days
@@ -176,8 +178,7 @@ class Online:
                 response = await self.store.get_online_features_async(
                     features=self.service, entity_rows=[{"user_id": u} for u in part]
                 )
-            columns = response.to_dict(include_event_timestamps=True)
-            self._collect(part, columns, online_as_of, found, unknown)
+            self._collect(part, online_columns(response), online_as_of, found, unknown)
         return found, unknown
 
     def _collect(
@@ -188,18 +189,22 @@ class Online:
         found: list[dict],
         unknown: list[str],
     ) -> None:
+        online = online_as_of.isoformat() if online_as_of else None
+        days: dict[int, str] = {}  # a month's users share a few event times
         for i, user_id in enumerate(user_ids):
             views: dict[str, str] = {}
-            for feature, view in self.view_of.items():
-                seconds = columns[f"{feature}__ts"][i]
-                if seconds:
-                    views[view] = datetime.fromtimestamp(seconds, UTC).date().isoformat()
+            for view, stamp in self.stamp_of.items():
+                if seconds := columns[stamp][i]:
+                    if (day := days.get(seconds)) is None:
+                        day = days[seconds] = (
+                            datetime.fromtimestamp(seconds, UTC).date().isoformat()
+                        )
+                    views[view] = day
             if not views:
                 unknown.append(user_id)
                 continue
             features = {name: columns[name][i] for name in self.feature_names}
             newest = max(views.values())
-            online = online_as_of.isoformat() if online_as_of else None
             expired = (
                 sorted(
                     view
