@@ -7,7 +7,10 @@ shape fails with a message naming Evidently instead of a KeyError in a month's c
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -42,13 +45,43 @@ class DriftReport:
 
 
 def _evidently():
-    """Evidently's package and metrics; importing them warns about Evidently's own dependencies
-    (numpy.core, litestar), which is not ours to act on."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import evidently
-        import evidently.metrics
+    """Evidently's package and metrics (imported ahead by `import_ahead`'s thread, if any)."""
+    if _ahead is not None:
+        _ahead.join()
+    _quiet()
+    import evidently
+    import evidently.metrics
+
     return evidently, evidently.metrics
+
+
+def _quiet() -> None:
+    """Importing Evidently warns about its own dependencies (numpy.core, litestar), which is not
+    ours to act on. Filters naming those packages, set for good: `catch_warnings` swaps every
+    thread's filters, so it cannot guard an import in a thread of its own."""
+    warnings.filterwarnings(
+        "ignore", category=DeprecationWarning, module=r"(evidently|litestar)(\.|$)"
+    )
+
+
+_ahead: threading.Thread | None = None
+
+
+def import_ahead() -> None:
+    """Start importing Evidently in a thread of its own: over 3 s of Python, which a caller with
+    other work first (the training CSV, waiting on PostgreSQL and Arrow) need not wait for.
+    `data_drift` waits for it; an error is left for `data_drift`'s own import to raise."""
+    global _ahead
+    if _ahead is not None or "evidently.metrics" in sys.modules:
+        return
+    _quiet()
+
+    def imports() -> None:
+        with contextlib.suppress(Exception):
+            import evidently.metrics  # noqa: F401
+
+    _ahead = threading.Thread(target=imports, name="import evidently", daemon=True)
+    _ahead.start()
 
 
 def check(installed: str | None = None) -> None:

@@ -37,6 +37,7 @@ from feast import FeatureService, FeatureStore, FeatureView, OnDemandFeatureView
 from feast.types import Bool, Float64, Int64, String
 from sqlalchemy.engine import Connection, Engine
 
+from streamflow_assets.adapters.evidently import import_ahead
 from streamflow_assets.checks import (
     LABEL_RATE_IN_RANGE,
     NO_UNEXPECTED_NULL_FEATURE,
@@ -331,6 +332,9 @@ def build_training_csv(
     Built, checked and written a block at a time: memory holds a block and the month's drift
     sample, not the month."""
     started = time.perf_counter()
+    previous = previous_month(partition)
+    if training_path(output_dir, previous).exists():
+        import_ahead()  # the drift test will compare with it: Evidently loads while this builds
     expected = snapshot_users(engine, partition)
     figures = _Figures(nullable_features(store, store.get_feature_service(FEATURE_SERVICE)))
     sampled = sample_rows(expected, partition)
@@ -365,7 +369,6 @@ def build_training_csv(
     built = time.perf_counter() - started
     sample = pa.concat_tables(kept)
     keep_sample(sample, partition, output_dir)
-    previous = previous_month(partition)
     drift = feature_drift(
         sample,
         previous_features(engine, store, output_dir, previous, sample.schema),
