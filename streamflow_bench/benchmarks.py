@@ -290,20 +290,22 @@ def _print_row(row: tuple[str, float, float | None]) -> None:
 
 
 def _timed_month(partition: str, selection: dg.AssetSelection) -> float:
+    return _timed_run(partition, selection)[0]
+
+
+def _timed_run(
+    partition: str, selection: dg.AssetSelection
+) -> tuple[float, dg.ExecuteInProcessResult]:
     started = time.perf_counter()
     result = materialize_month(partition, selection=selection)
     if not result.success:
         raise RuntimeError(f"{selection} failed on {partition}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, result
 
 
 def _timed_training(partition: str) -> tuple[float, float]:
     """(seconds of a training_dataset run, seconds its CSV took to build and write)."""
-    started = time.perf_counter()
-    result = materialize_month(partition, selection=dg.AssetSelection.assets("training_dataset"))
-    seconds = time.perf_counter() - started
-    if not result.success:
-        raise RuntimeError(f"training_dataset failed on {partition}")
+    seconds, result = _timed_run(partition, dg.AssetSelection.assets("training_dataset"))
     (event,) = result.get_asset_materialization_events()
     return seconds, event.materialization.metadata["seconds to build and write"].value
 

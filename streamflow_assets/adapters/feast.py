@@ -154,9 +154,7 @@ def online_columns(response) -> dict[str, list]:
             columns[name] = [
                 getattr(v, which)
                 if (which := v.WhichOneof("val")) in _PLAIN_VALUES
-                else None
-                if which is None
-                else convert(v, kind)
+                else (None if which is None else convert(v, kind))
                 for v in vector.values
             ]
         columns[name + TIMESTAMP_POSTFIX] = [ts.seconds for ts in vector.event_timestamps]
