@@ -75,20 +75,23 @@ def _build_next(engine: Engine, spec: TableSpec, typed: str, as_of: date) -> Pub
                 ),
                 params,
             ).one()
-        conn.execute(sa.text(f"CREATE TABLE {nxt} (LIKE {live}) {NO_AUTOVACUUM}"))
-        live_rows = conn.execute(
-            sa.text(
-                f"""
-                INSERT INTO {nxt} ({", ".join(columns)}, as_of)
-                SELECT {", ".join(f"l.{c}" for c in columns)}, l.as_of
-                FROM {live} AS l LEFT JOIN {month} AS m USING (user_id)
+        kept_rows = f"SELECT {', '.join(f'l.{c}' for c in columns)}, l.as_of FROM {live} AS l"
+        month_rows = f"SELECT {', '.join(f'm.{c}' for c in columns)}, :as_of FROM {month} AS m"
+        if compare:  # each user's newer row wins
+            rows = f"""
+                {kept_rows} LEFT JOIN {month} AS m USING (user_id)
                 WHERE m.user_id IS NULL OR l.as_of > :as_of
                 UNION ALL
-                SELECT {", ".join(f"m.{c}" for c in columns)}, :as_of
-                FROM {month} AS m LEFT JOIN {live} AS l USING (user_id)
+                {month_rows} LEFT JOIN {live} AS l USING (user_id)
                 WHERE l.user_id IS NULL OR l.as_of <= :as_of"""
-            ),
-            params,
+        else:  # the month is newer than every live row: all of it, and the users it lacks
+            rows = f"""
+                {kept_rows} WHERE NOT EXISTS (SELECT FROM {month} AS m WHERE m.user_id = l.user_id)
+                UNION ALL
+                {month_rows}"""
+        conn.execute(sa.text(f"CREATE TABLE {nxt} (LIKE {live}) {NO_AUTOVACUUM}"))
+        live_rows = conn.execute(
+            sa.text(f"INSERT INTO {nxt} ({', '.join(columns)}, as_of) {rows}"), params
         ).rowcount
         keys = ", ".join(ident(k) for k in spec.primary_key)
         conn.execute(
