@@ -147,19 +147,19 @@ class Online:
             f.name for p in self.service.feature_view_projections for f in p.features
         ]
         on_demand = {v.name for v in store.list_on_demand_feature_views()}
-        self.view_of = {
+        view_of = {
             f.name: p.name
             for p in self.service.feature_view_projections
             if p.name not in on_demand
             for f in p.features
         }
         # All of a view's features carry its row's event time: one of them tells the view's.
-        self.stamp_of = {view: f"{feature}__ts" for feature, view in self.view_of.items()}
+        self.stamp_of = {view: f"{feature}__ts" for feature, view in view_of.items()}
         self.batched_rows = batched_read_rows(store.config)
         self.ttl_days = {
             view.name: view.ttl.days
             for view in store.list_feature_views()
-            if view.name in set(self.view_of.values()) and view.ttl
+            if view.name in self.stamp_of and view.ttl
         }
 
     async def read(self, user_ids: list[str]) -> tuple[list[dict], list[str]]:
@@ -171,7 +171,7 @@ class Online:
         # Feast reads every view of a request in one statement (one snapshot: all of a user's
         # views from the same published month) only up to a number of result rows; beyond it,
         # one statement per view. Larger requests are read in chunks that stay under it.
-        chunk = max(1, self.batched_rows // max(len(set(self.view_of.values())), 1))
+        chunk = max(1, self.batched_rows // max(len(self.stamp_of), 1))
         for i in range(0, len(user_ids), chunk):
             part = user_ids[i : i + chunk]
             with timed_online_read():
