@@ -69,6 +69,10 @@ def test_first_use_starts_a_server_with_the_streamflow_database(home):
         assert conn.execute("SELECT current_database()").fetchone() == ("streamflow",)
         # Created with the project's bulk-load settings from its first start.
         assert conn.execute("SHOW wal_level").fetchone() == ("minimal",)
+        # Text sorted in byte order, whatever the environment's locale.
+        assert conn.execute(
+            "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+        ).fetchone() == ("C",)
 
 
 def test_a_second_process_attaches_to_the_running_server(home):
