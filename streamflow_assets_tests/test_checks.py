@@ -238,6 +238,27 @@ def test_an_online_user_no_month_had_fails_every_user_online(online_january):
     assert "subs_profile_fv: 1 online users no month ever had" in coverage.description
 
 
+def test_a_user_swapped_for_one_no_month_had_fails_every_user_online(online_january):
+    """As many users online as the month has, but not the same ones: the set digests differ,
+    and the join names what is wrong."""
+    coverage, _ = _online_checks(online_january)
+    assert coverage.passed
+    assert "set digests" in coverage.metadata["by feature view"]
+    with online_january.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"UPDATE {ONLINE_PROFILE} SET entity_key = overlay(entity_key placing "
+                "convert_to('9999-ZZZZZ', 'UTF8') from length(entity_key) - 9) WHERE "
+                f"entity_key = (SELECT entity_key FROM {ONLINE_PROFILE} ORDER BY 1 LIMIT 1)"
+            )
+        )
+    coverage, _ = _online_checks(online_january)
+    assert not coverage.passed
+    assert "subs_profile_fv: 1 users of the month not online" in coverage.description
+    assert "subs_profile_fv: 1 online users no month ever had" in coverage.description
+    assert "join" in coverage.metadata["by feature view"]
+
+
 def test_feature_drift_names_the_feature_that_moved_and_the_month_completes(new_warehouse):
     warehouse = new_warehouse()
     edit_csv(

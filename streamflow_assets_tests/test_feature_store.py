@@ -39,6 +39,7 @@ from streamflow_assets.feature_store.online import (
 )
 from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_repo, feature_store
 from streamflow_assets.feature_store.training import training_table
+from streamflow_assets.feature_store.verify import every_user_online
 from streamflow_assets.months import event_timestamp
 from streamflow_assets.settings import Settings
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES, TABLES
@@ -452,6 +453,23 @@ def _assert_training_matches_feast(warehouse, partition: str) -> pd.DataFrame:
     return ours
 
 
+@pytest.mark.parametrize("name", ["utc", "new_york"])
+def test_every_user_online_compares_digests_for_the_newest_month_and_joins_for_an_older(
+    two_orders, name
+):
+    """With both months online, February's users (January's leavers online with January's
+    values) are proved online by set digests alone; January, under February's newer values, is
+    counted by the join. Both pass."""
+    made = two_orders
+    made[name].activate()
+    store = feature_store(Settings.from_env())
+    for partition, compared_by in (("2024-02", "set digests"), ("2024-01", "join")):
+        outcome = every_user_online(made[name].engine, store, partition)
+        assert outcome.passed, outcome.description
+        table = outcome.metadata["by feature view"]
+        assert table.count(f"| {compared_by} |") == 4, table
+
+
 def test_registry_apply_is_idempotent(two_orders):
     made = two_orders
     warehouse = made["utc"]
@@ -734,8 +752,6 @@ def test_every_user_online_on_redis_names_a_missing_user_and_counts_unknown_keys
 ):
     """The check can fail on Redis: a key of a user no month had is counted, and a user of the
     month whose hash is gone is named."""
-    from streamflow_assets.feature_store.verify import every_user_online
-
     warehouse = new_warehouse(online=redis_server())
     warehouse.load("2024-01", selection=dg.AssetSelection.groups(*FAULT_GROUPS))
     store = feature_store(Settings.from_env())
