@@ -20,6 +20,7 @@ from streamflow_assets.report import CheckOutcome, MissingInputError
 from streamflow_assets.sql import (
     NO_AUTOVACUUM,
     first_rows,
+    hash_sum,
     ident,
     literal,
     replace_table,
@@ -124,7 +125,7 @@ def verify_snapshot(engine: Engine, spec: TableSpec, partition: str) -> CheckOut
     part = ident(SNAPSHOT_MONTHS_SCHEMA, month_name(snapshot.name, partition))
     drop = ident(DROPS_SCHEMA, month_table(spec, partition))
     row = "ROW(user_id, " + ", ".join(ident(c.name) for c in spec.snapshot_columns()) + ")::text"
-    digest = f"sum(hashtextextended({row}, 0)::numeric)"
+    digest = hash_sum(row)
     with engine.connect() as conn:
         found = conn.execute(
             sa.text(

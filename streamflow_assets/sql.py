@@ -34,6 +34,15 @@ def ident(*parts: str) -> str:
     return sql.Identifier(*parts).as_string()
 
 
+def hash_sum(expression: str, where: str | None = None) -> str:
+    """SQL for the sum of a text expression's 64-bit hashes over the rows (those that meet
+    `where`), exact (numeric) and 0 over none. With the rows' count it is a digest of the set of
+    values: two sets with the same digest are the same set, barring a 64-bit collision, and the
+    digest of a set minus that of a subset is the digest of the rest."""
+    only = f" FILTER (WHERE {where})" if where else ""
+    return f"coalesce(sum(hashtextextended({expression}, 0)){only}, 0)"
+
+
 def literal(value: object) -> str:
     """A constant as an SQL literal, for statements that take no parameters (COPY, DDL, GX)."""
     return sql.Literal(value).as_string()

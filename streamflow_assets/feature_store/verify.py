@@ -34,7 +34,7 @@ from streamflow_assets.feature_store.repo import FEATURE_SERVICE
 from streamflow_assets.feature_store.training import training_table
 from streamflow_assets.months import as_of, partition_key, time_window
 from streamflow_assets.report import CheckOutcome, markdown_table
-from streamflow_assets.sql import background_session, ident
+from streamflow_assets.sql import background_session, hash_sum, ident
 from streamflow_assets.table_specs import LABELS, SNAPSHOT_TABLES
 
 SAMPLE_SIZE = 300
@@ -171,18 +171,13 @@ def _view_coverage(
     }
 
 
-_HASH = "hashtextextended(k, 0)"
-"""A user id's 64-bit hash. A set of ids' digest is how many they are and the sum of their hashes
-(numeric, exact): two sets with the same digest are the same set, barring a 64-bit collision, and
-the digest of a set minus that of a subset is the digest of the rest."""
-
-
 def _digest_of(where: str) -> str:
-    """The digest of the ids `k` of the rows that meet a condition (two columns)."""
-    return f"count(*) FILTER (WHERE {where}), coalesce(sum({_HASH}) FILTER (WHERE {where}), 0)"
+    """The digest (`sql.hash_sum`) of the ids `k` of the rows that meet a condition: how many,
+    and the sum of their hashes."""
+    return f"count(*) FILTER (WHERE {where}), {hash_sum('k', where)}"
 
 
-_DIGEST = f"SELECT count(*) AS n, coalesce(sum({_HASH}), 0) AS d FROM ({{}}) s"
+_DIGEST = f"SELECT count(*) AS n, {hash_sum('k')} AS d FROM ({{}}) s"
 """The digest of every id a query of `k` returns, as columns n and d."""
 
 
