@@ -512,6 +512,7 @@ TRAINING_LIKE_COLUMNS = {
     "user_id": pa.string(),
     "event_timestamp": pa.timestamp("us", tz="UTC"),
     "net_service": pa.string(),
+    "contract_code": pa.string(),
     "tenure_months": pa.int64(),
     "monthly_fee": pa.float64(),
     "is_auto_pay": pa.bool_(),
@@ -520,17 +521,20 @@ TRAINING_LIKE_COLUMNS = {
 
 
 def write_training_like_csv(path: Path, users: range) -> None:
-    """A CSV shaped like a training set: a string, an integer, a float written without decimals
-    in the first rows (as Arrow writes 12.0), a boolean with empty values."""
+    """A CSV shaped like a training set: strings (one of digits), an integer, a float written
+    without decimals in the first rows (as Arrow writes 12.0), a boolean with empty values, and
+    a column the declared columns do not name."""
     pd.DataFrame(
         {
             "user_id": [f"{i:04d}-USER" for i in users],
             "event_timestamp": "2024-01-31 00:00:00.000000Z",
             "net_service": ["fiber" if i % 3 else None for i in users],
+            "contract_code": [str(i % 3) for i in users],
             "tenure_months": [i % 72 for i in users],
             "monthly_fee": [str(i % 90) if i < 3000 else f"{i % 90}.25" for i in users],
             "is_auto_pay": [None if i % 7 == 0 else bool(i % 2) for i in users],
             "churn_label": [i % 4 == 0 for i in users],
+            "retired_feature": "no longer declared",
         }
     ).to_csv(path, index=False)
 
@@ -557,8 +561,10 @@ def test_a_training_sample_is_seeded_uniform_and_read_a_chunk_at_a_time(tmp_path
     assert whole["monthly_fee"].tolist() == expected["monthly_fee"].tolist()
     assert whole["tenure_months"].tolist() == expected["tenure_months"].tolist()
     assert whole["net_service"].dtype == object
+    assert whole["contract_code"].tolist() == [str(i % 3) for i in range(6000)]  # a category
     assert whole["net_service"].isna().tolist() == expected["net_service"].isna().tolist()
     assert whole["event_timestamp"].tolist() == expected["event_timestamp"].tolist()
+    assert list(whole.columns) == list(TRAINING_LIKE_COLUMNS)  # retired_feature left out
 
     sample = read_training_sample([first, second], columns, 1000, seed=7)
     ids = sample["user_id"].tolist()

@@ -21,6 +21,7 @@ run in a thread of their own, beside the on-demand transform.
 
 import collections
 import contextlib
+import csv
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -278,15 +279,22 @@ def training_columns(store: FeatureStore) -> dict[str, pa.DataType]:
 
 def read_training_chunks(path: Path, columns: dict[str, pa.DataType]) -> Iterator[pd.DataFrame]:
     """A training CSV `CSV_CHUNK_ROWS` rows at a time, parsed by Arrow with the types `columns`
-    gives (`training_columns`; a column it does not name is typed from the first block), every
-    boolean column as 1.0 / 0.0 / NaN and the event timestamp as written. Declared types, not
-    each chunk's guess: Arrow writes a float 12.0 as "12", so a block could look like integers.
-    Twice as fast as pandas' parser here (1M users: 1.3 s against 2.5-3.1 s)."""
+    gives (`training_columns`), every boolean column as 1.0 / 0.0 / NaN and the event timestamp
+    as written. Declared types, not each chunk's guess: Arrow writes a float 12.0 as "12", so a
+    block could look like integers. A column `columns` does not name (a feature an older month
+    had and the service no longer declares) is left out. Twice as fast as pandas' parser here
+    (1M users: 1.3 s against 2.5-3.1 s)."""
     types = columns | {ENTITY_TIMESTAMP: pa.string()}  # carried along, never read as a time
+    with path.open(newline="") as file:
+        header = next(csv.reader(file), [])
     reader = pa_csv.open_csv(
         path,
         read_options=pa_csv.ReadOptions(block_size=CSV_READ_BYTES),
-        convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=types,
+            include_columns=[name for name in header if name in types],
+            strings_can_be_null=True,
+        ),
     )
     pending: list[pa.RecordBatch] = []
     rows = 0
