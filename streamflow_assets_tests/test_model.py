@@ -541,7 +541,7 @@ def write_training_like_csv(path: Path, users: range) -> None:
 
 def test_a_training_sample_is_seeded_uniform_and_read_a_chunk_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "CSV_CHUNK_ROWS", 700)
-    monkeypatch.setattr(training, "CSV_READ_BYTES", 50_000)  # Arrow's blocks: ~900 rows
+    monkeypatch.setattr(training, "CSV_READ_BYTES", 50_000)  # Arrow's blocks: ~630 rows
     first, second = tmp_path / "a.csv", tmp_path / "b.csv"
     write_training_like_csv(first, range(0, 6000))
     write_training_like_csv(second, range(6000, 10000))
