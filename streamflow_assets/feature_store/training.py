@@ -90,7 +90,7 @@ def training_blocks(
     service = store.get_feature_service(FEATURE_SERVICE)
     on_demand = {v.name: v for v in store.list_on_demand_feature_views()}
     ts = event_timestamp(partition)
-    selects, joins, types = [], [], {}
+    selects, joins = [], []
 
     def only(column: str, prefix: str = "") -> str:
         """The filter to `users`, applied inside each view's subquery too (a DISTINCT ON does
@@ -117,7 +117,6 @@ def training_blocks(
                 join, values = _source_join(view, names, alias, only)
             joins.append(join)
             selects += values
-            types |= {f.name: _ARROW_TYPES[f.dtype] for f in projection.features}
     labels = ident(LABELS.snapshot.name)
     # Users are sorted and merged in byte order (COLLATE "C"), not the database's collation:
     # PostgreSQL compares text in any other collation through the C library (strcoll), which
@@ -129,7 +128,12 @@ def training_blocks(
         + only("user_id", "e.")
         + ' ORDER BY e.user_id COLLATE "C"'
     )
-    columns = {"user_id": pa.string(), **types, LABEL: pa.bool_()}
+    # The query's columns: the training set's but the event timestamp and the on-demand
+    # features, which are added to each block below.
+    added = {ENTITY_TIMESTAMP} | {
+        f.name for p in service.feature_view_projections if p.name in on_demand for f in p.features
+    }
+    columns = {n: kind for n, kind in training_columns(store).items() if n not in added}
     # PostgreSQL produces the next blocks (and Arrow parses them) while this thread transforms
     # and writes the last one.
     blocks = _copy_out_blocks(engine, inline(engine, query, params), columns)
