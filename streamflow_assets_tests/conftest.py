@@ -8,6 +8,8 @@ so the tests never touch the developer's `.streamflow` server.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -233,29 +235,45 @@ def settings(project_env: dict[str, str]) -> Settings:
 
 class RedisDatabases:
     """The test server's databases TEST_REDIS_DBS, each leased to one user at a time, flushed
-    when it is handed out."""
+    when it is handed out. A lease is a lock file per database, so two test sessions on one
+    machine (sharing its Redis) never flush each other's."""
 
     def __init__(self, base: str):
         self.base = base.rstrip("/")
-        self.free = list(TEST_REDIS_DBS)
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[dict[str, str]]:
         """The online-store environment of a database of its own, given back at the end."""
         import redis
 
-        if not self.free:
-            raise RuntimeError(
-                f"every Redis database of TEST_REDIS_DBS ({TEST_REDIS_DBS}) is in use at once: "
-                "give the tests more"
-            )
-        number = self.free.pop(0)
-        url = f"{self.base}/{number}"
-        redis.Redis.from_url(url).flushdb()
-        try:
-            yield {"STREAMFLOW_ONLINE_STORE": "redis", "STREAMFLOW_REDIS_URL": url}
-        finally:
-            self.free.append(number)
+        for number in TEST_REDIS_DBS:
+            url = f"{self.base}/{number}"
+            lock = lock_redis_database(url)
+            if lock is None:
+                continue
+            try:
+                redis.Redis.from_url(url).flushdb()
+                yield {"STREAMFLOW_ONLINE_STORE": "redis", "STREAMFLOW_REDIS_URL": url}
+            finally:
+                lock.close()
+            return
+        raise RuntimeError(
+            f"every Redis database of TEST_REDIS_DBS ({TEST_REDIS_DBS}) is in use at once, by "
+            "this test session or another on this machine: give the tests more"
+        )
+
+
+def lock_redis_database(url: str):
+    """An open lock file held for `url`, or None when another lease holds it (in this process
+    or another: flock locks conflict between separate opens)."""
+    name = hashlib.sha256(url.encode()).hexdigest()[:16]
+    file = (Path(tempfile.gettempdir()) / f"streamflow-test-redis-{name}.lock").open("a")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        return None
+    return file
 
 
 @pytest.fixture(scope="session")

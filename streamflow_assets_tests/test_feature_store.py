@@ -56,6 +56,7 @@ from streamflow_assets_tests.conftest import (
     drop_database,
     failure_text,
     free_port,
+    lock_redis_database,
     materialization,
     read_month,
     while_rematerializing_online,
@@ -860,3 +861,29 @@ def test_swapped_in_tables_are_analyzed_by_their_builder_and_left_alone_by_autov
     for name, row in found.iterrows():
         assert row.reloptions == ["autovacuum_enabled=false"], name
         assert row.stats > 0, name
+
+
+def test_two_test_sessions_on_one_machine_never_share_a_redis_database(redis_databases):
+    """A lease flushes its Redis database: two test sessions at once (this one and a child
+    process here) must lease different ones, and a database is free again once its lease ends."""
+    holder = (
+        "import sys\n"
+        "from streamflow_assets_tests.conftest import RedisDatabases\n"
+        f"with RedisDatabases({redis_databases.base!r}).lease() as env:\n"
+        "    print(env['STREAMFLOW_REDIS_URL'], flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        theirs = child.stdout.readline().strip()
+        with redis_databases.lease() as mine, redis_databases.lease() as also_mine:
+            urls = [theirs, mine["STREAMFLOW_REDIS_URL"], also_mine["STREAMFLOW_REDIS_URL"]]
+            assert theirs.startswith(redis_databases.base) and len(set(urls)) == 3, urls
+    finally:
+        child.communicate("", timeout=60)
+    assert child.returncode == 0
+    lock = lock_redis_database(theirs)
+    assert lock is not None, f"{theirs} still leased after its session ended"
+    lock.close()
