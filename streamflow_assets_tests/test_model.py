@@ -539,6 +539,24 @@ def write_training_like_csv(path: Path, users: range) -> None:
     ).to_csv(path, index=False)
 
 
+@pytest.mark.parametrize("line", [5, 90], ids=["first block", "a later block"])
+def test_a_training_csv_value_that_is_not_its_declared_type_names_the_file(
+    tmp_path, monkeypatch, line
+):
+    monkeypatch.setattr(training, "CSV_READ_BYTES", 2_000)  # ~25 rows a block
+    path = tmp_path / "training.csv"
+    write_training_like_csv(path, range(0, 100))
+    lines = path.read_text().splitlines()
+    fields = lines[line].split(",")
+    fields[5] = "fifty"  # monthly_fee, a float
+    lines[line] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as raised:
+        list(training.read_training_chunks(path, TRAINING_LIKE_COLUMNS))
+    message = str(raised.value)
+    assert str(path) in message and "#5 monthly_fee" in message and "'fifty'" in message
+
+
 def test_a_training_sample_is_seeded_uniform_and_read_a_chunk_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "CSV_CHUNK_ROWS", 700)
     monkeypatch.setattr(training, "CSV_READ_BYTES", 50_000)  # Arrow's blocks: ~630 rows

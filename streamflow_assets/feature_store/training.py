@@ -291,18 +291,9 @@ def read_training_chunks(path: Path, columns: dict[str, pa.DataType]) -> Iterato
     types = columns | {ENTITY_TIMESTAMP: pa.string()}  # carried along, never read as a time
     with path.open(newline="") as file:
         header = next(csv.reader(file), [])
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(block_size=CSV_READ_BYTES),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=types,
-            include_columns=[name for name in header if name in types],
-            strings_can_be_null=True,
-        ),
-    )
     pending: list[pa.RecordBatch] = []
     rows = 0
-    for batch in reader:
+    for batch in _batches_of(path, header, types):
         pending.append(batch)
         rows += batch.num_rows
         while rows >= CSV_CHUNK_ROWS:
@@ -312,6 +303,28 @@ def read_training_chunks(path: Path, columns: dict[str, pa.DataType]) -> Iterato
             pending, rows = rest.to_batches(), rest.num_rows
     if rows:
         yield _as_frame(pa.Table.from_batches(pending))
+
+
+def _batches_of(
+    path: Path, header: list[str], types: dict[str, pa.DataType]
+) -> Iterator[pa.RecordBatch]:
+    """The CSV's batches, `types`' columns only; a value that does not parse as its column's
+    type is an error naming the file (Arrow's own names the column by number only)."""
+    try:
+        yield from pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(block_size=CSV_READ_BYTES),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=types,
+                include_columns=[name for name in header if name in types],
+                strings_can_be_null=True,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise ValueError(
+            f"{path}: a value does not parse as the feature service declares its column "
+            f"(columns: {', '.join(f'#{i} {name}' for i, name in enumerate(header))}): {exc}"
+        ) from exc
 
 
 def _as_frame(table: pa.Table) -> pd.DataFrame:
